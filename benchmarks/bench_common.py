@@ -1,0 +1,81 @@
+"""The interface each queue library implements for the benchmark, and helpers they share."""
+
+from __future__ import annotations
+
+import importlib.util
+import sqlite3
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Protocol
+
+
+class QueueAdapter(Protocol):
+    """One queue library, driven by the benchmark through a task module in a temporary directory.
+
+    Each phase calls open() on a fresh directory, so every phase starts on a new database file.
+    """
+
+    name: str
+    version: str
+    has_bulk_enqueue: bool
+
+    def open(self, directory: Path) -> None:
+        """Write the task module into directory and import it in this process."""
+
+    def close(self) -> None:
+        """Close every database connection this process holds."""
+
+    def describe_storage(self) -> str:
+        """Return the SQLite settings of the library's own connection, such as synchronous."""
+
+    def describe_worker(self) -> str:
+        """Return the worker settings used, for the report."""
+
+    def enqueue_one(self, i: int) -> None:
+        """Enqueue noop(i) durably, committing before return."""
+
+    def enqueue_bulk(self, numbers: list[int]) -> None:
+        """Enqueue noop(i) for every i in numbers with the library's bulk API."""
+
+    def prefill(self, count: int) -> None:
+        """Enqueue noop(i) for i in range(count) as fast as possible; this is not timed."""
+
+    def worker_command(self) -> list[str]:
+        """Return the command line that starts one worker process on the task module."""
+
+    def completed_count(self) -> int:
+        """Return how many jobs have finished, read from the database file."""
+
+    def verify_drained(self, count: int) -> None:
+        """Raise RuntimeError unless all count jobs of a drain succeeded and none is queued."""
+
+    def round_trip(self, i: int, timeout: float) -> None:
+        """Enqueue noop(i), block until its result arrives and check that the result is i."""
+
+
+def load_module_from_file(module_name: str, path: Path) -> ModuleType:
+    """Import path as module_name, replacing any module of that name loaded before."""
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path} as {module_name}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def connect_read_only(db_path: Path) -> sqlite3.Connection:
+    """Open db_path read-only, so that polling it cannot write or take a write lock."""
+    return sqlite3.connect(f"{db_path.as_uri()}?mode=ro", uri=True, timeout=5.0)
+
+
+def console_script(name: str) -> Path:
+    """Return the path of a console script installed next to this Python interpreter."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise FileNotFoundError(
+            f"console script {name!r} not found in {path.parent}; "
+            "run `make bench` or `pip install -e '.[bench]'` first"
+        )
+    return path

@@ -1,0 +1,70 @@
+"""sluicegate: a task queue and message queue with back pressure, leases and job status."""
+
+from sluicegate.app import App
+from sluicegate.broker import QueueBounds, QueueStats
+from sluicegate.context import JobContext, job_context
+from sluicegate.errors import (
+    Cancelled,
+    ConfigurationError,
+    DecodeError,
+    EncodeError,
+    Fail,
+    JobCancelled,
+    JobFailed,
+    JobNotFound,
+    JobTimeout,
+    LeaseLost,
+    PayloadTooLarge,
+    QueueFull,
+    Retry,
+    SluicegateError,
+    StoreUnavailable,
+    TaskTimeout,
+    UnknownTask,
+    UnsupportedBackend,
+)
+from sluicegate.job import Job
+from sluicegate.queue import Message, Queue
+from sluicegate.retry import Backoff
+from sluicegate.store import JobRecord, JobState
+from sluicegate.task import Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # application and tasks
+    "App",
+    "Backoff",
+    "Task",
+    # jobs
+    "Job",
+    "JobContext",
+    "JobRecord",
+    "JobState",
+    "job_context",
+    # plain queues
+    "Message",
+    "Queue",
+    "QueueBounds",
+    "QueueStats",
+    # raised by tasks
+    "Cancelled",
+    "Fail",
+    "Retry",
+    # errors
+    "ConfigurationError",
+    "DecodeError",
+    "EncodeError",
+    "JobCancelled",
+    "JobFailed",
+    "JobNotFound",
+    "JobTimeout",
+    "LeaseLost",
+    "PayloadTooLarge",
+    "QueueFull",
+    "SluicegateError",
+    "StoreUnavailable",
+    "TaskTimeout",
+    "UnknownTask",
+    "UnsupportedBackend",
+]

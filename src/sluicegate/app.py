@@ -1,0 +1,269 @@
+"""The App: a backend URL, queue declarations and the task registry."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, overload
+
+from sluicegate.backends import open_backend, redact
+from sluicegate.broker import DEFAULT_MAX_LENGTH, QueueBounds
+from sluicegate.errors import ConfigurationError, JobNotFound, UnknownTask
+from sluicegate.job import Job
+from sluicegate.message import DEFAULT_MAX_MESSAGE_SIZE
+from sluicegate.queue import Queue
+from sluicegate.retry import Backoff
+from sluicegate.store import NewJob
+from sluicegate.task import Pool, Task, TaskOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Default lease, in seconds, on a reserved message.
+DEFAULT_LEASE = 30.0
+
+#: Default retention, in seconds, of a finished job's record and result (7 days).
+DEFAULT_RETENTION = 7 * 24 * 3600.0
+
+#: Database used by ``App()`` with no URL.
+DEFAULT_URL = "sqlite:///sluicegate.db"
+
+
+class App:
+    """A sluicegate application: where jobs live, and which tasks exist.
+
+    Parameters:
+      url: the backend, e.g. ``sqlite:///jobs.db`` (relative) or
+        ``sqlite:////var/lib/app/jobs.db`` (absolute). Defaults to
+        ``./sluicegate.db``.
+      lease: seconds a reserved message stays invisible to other workers
+        unless its worker extends it; tasks may override it.
+      retention: seconds a finished job's record and result are kept.
+      max_message_size: limit in bytes on an encoded message and result.
+      backoff: the default retry backoff of the app's tasks.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        lease: float = DEFAULT_LEASE,
+        retention: float = DEFAULT_RETENTION,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        backoff: Backoff | None = None,
+    ) -> None:
+        _check_positive("lease", lease)
+        _check_positive("retention", retention)
+        _check_positive("max_message_size", max_message_size)
+        self.url = url or DEFAULT_URL
+        self.lease = float(lease)
+        self.retention = float(retention)
+        self.max_message_size = int(max_message_size)
+        self.backoff = backoff or Backoff()
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._bounds: dict[str, QueueBounds] = {}
+        self._backend: Any = None
+        self._backend_pid = 0
+        self._backend_lock = threading.Lock()
+        open_backend(self.url, durable=True).close()  # Validates the URL and creates the schema.
+
+    def __repr__(self) -> str:
+        return f"App({redact(self.url)!r})"
+
+    @property
+    def backend(self) -> Any:
+        """The backend this process uses to enqueue and read jobs, opened on first use."""
+        if self._backend is None or self._backend_pid != os.getpid():
+            with self._backend_lock:
+                if self._backend is None or self._backend_pid != os.getpid():
+                    self._backend = open_backend(self.url, durable=True)
+                    self._backend_pid = os.getpid()
+        return self._backend
+
+    def open_worker_backend(self) -> Any:
+        """Open a separate backend for a worker (see the backend's durability notes)."""
+        return open_backend(self.url, durable=False)
+
+    def close(self) -> None:
+        """Close this process's connections to the backend."""
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    # -- queues
+
+    def queue(
+        self, name: str, max_length: int | None = None, max_wait: float | None = None
+    ) -> Queue:
+        """Return the queue ``name``, declaring its bounds when they are given.
+
+        ``max_length`` bounds the messages in the queue (default 100,000);
+        ``max_wait`` bounds the age in seconds of its oldest ready message.
+        """
+        _check_queue_name(name)
+        if max_length is not None or max_wait is not None:
+            current = self._bounds.get(name, QueueBounds())
+            if max_length is not None:
+                _check_positive("max_length", max_length)
+            if max_wait is not None:
+                _check_positive("max_wait", max_wait)
+            self._bounds[name] = QueueBounds(
+                max_length=current.max_length if max_length is None else int(max_length),
+                max_wait=current.max_wait if max_wait is None else float(max_wait),
+            )
+        return Queue(self, name)
+
+    def bounds(self, queue: str) -> QueueBounds:
+        """Return the declared bounds of ``queue``, or the defaults."""
+        return self._bounds.get(queue) or QueueBounds(max_length=DEFAULT_MAX_LENGTH)
+
+    # -- tasks
+
+    @overload
+    def task(self, fn: F) -> F: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        retries: int = 3,
+        backoff: Backoff | None = None,
+        timeout: float | None = None,
+        pool: Pool | None = None,
+        priority: int = 0,
+        retry_on: Sequence[type[BaseException]] = (Exception,),
+        lease: float | None = None,
+        retention: float | None = None,
+    ) -> Callable[[F], F]: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        retries: int = 3,
+        backoff: Backoff | None = None,
+        timeout: float | None = None,
+        pool: Pool | None = None,
+        priority: int = 0,
+        retry_on: Sequence[type[BaseException]] = (Exception,),
+        lease: float | None = None,
+        retention: float | None = None,
+    ) -> Any:
+        """Register a function as a task; use as ``@app.task`` or ``@app.task(...)``.
+
+        ``pool`` is ``"thread"`` for sync functions by default and
+        ``"async"`` for ``async def`` ones; ``"process"`` runs a sync
+        function in a worker's process pool, for CPU-bound work.
+        ``timeout`` is in seconds; ``retries`` counts retries after the
+        first attempt.
+        """
+
+        def register(function: Callable[..., Any]) -> Task[Any, Any]:
+            options = TaskOptions(
+                name=name or task_name(function),
+                queue=_check_queue_name(queue),
+                retries=_check_retries(retries),
+                backoff=backoff or self.backoff,
+                timeout=None if timeout is None else _check_positive("timeout", timeout),
+                pool=_pick_pool(function, pool),
+                priority=priority,
+                retry_on=tuple(retry_on),
+                lease=self.lease if lease is None else _check_positive("lease", lease),
+                retention=(
+                    self.retention if retention is None else _check_positive("retention", retention)
+                ),
+            )
+            if options.name in self.tasks:
+                raise ConfigurationError(f"a task named {options.name!r} is registered already")
+            task = Task(self, function, options)
+            self.tasks[options.name] = task
+            return task
+
+        return register if fn is None else register(fn)
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        """Return the task registered as ``name``; raise ``UnknownTask`` otherwise."""
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise UnknownTask(name) from None
+
+    # -- jobs
+
+    def enqueue(self, task_name: str, *args: Any, **kwargs: Any) -> Job[Any]:
+        """Enqueue a call of a task by its name; takes the options of ``Task.enqueue``."""
+        return self.get_task(task_name).enqueue(*args, **kwargs)
+
+    async def aenqueue(self, task_name: str, *args: Any, **kwargs: Any) -> Job[Any]:
+        """Enqueue by task name without blocking the event loop."""
+        return await self.get_task(task_name).aenqueue(*args, **kwargs)
+
+    def job(self, job_id: str) -> Job[Any]:
+        """Return a handle on job ``job_id``; raise ``JobNotFound`` if it does not exist."""
+        record = self.backend.get_job(job_id)
+        if record is None:
+            raise JobNotFound(job_id)
+        return Job(self, job_id, record)
+
+    async def ajob(self, job_id: str) -> Job[Any]:
+        """Look a job up without blocking the event loop; see :meth:`job`."""
+        return await asyncio.to_thread(self.job, job_id)
+
+    def _submit(self, task: Task[Any, Any], jobs: list[NewJob]) -> list[Job[Any]]:
+        results = self.backend.enqueue_jobs(jobs, self.bounds(task.options.queue))
+        return [Job(self, result.job_id) for result in results]
+
+
+def task_name(function: Callable[..., Any]) -> str:
+    """Return the default task name: ``module.qualname``.
+
+    A function defined in a script run as ``__main__`` is named after the
+    script's module name, so that a worker importing that module finds it.
+    """
+    module = function.__module__
+    if module == "__main__":
+        main = sys.modules.get("__main__")
+        spec = getattr(main, "__spec__", None)
+        if spec is not None and spec.name:
+            module = spec.name
+        elif main is not None and getattr(main, "__file__", None):
+            module = os.path.splitext(os.path.basename(str(main.__file__)))[0]
+    return f"{module}.{function.__qualname__}"
+
+
+def _pick_pool(function: Callable[..., Any], pool: Pool | None) -> Pool:
+    is_async = inspect.iscoroutinefunction(function)
+    if pool is None:
+        return "async" if is_async else "thread"
+    if pool not in ("thread", "process", "async"):
+        raise ConfigurationError(f"pool must be 'thread', 'process' or 'async', got {pool!r}")
+    if is_async != (pool == "async"):
+        kind = "an async" if is_async else "a sync"
+        raise ConfigurationError(f"{function.__qualname__} is {kind} function; pool={pool!r} cannot run it")
+    return pool
+
+
+def _check_positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _check_retries(retries: int) -> int:
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigurationError(f"retries must be a non-negative integer, got {retries!r}")
+    return retries
+
+
+def _check_queue_name(name: str) -> str:
+    if not isinstance(name, str) or not name or len(name) > 200:
+        raise ConfigurationError(f"queue name must be a non-empty string, got {name!r}")
+    return name

@@ -1,0 +1,38 @@
+"""Backends by URL scheme, imported lazily so that a missing extra names its package."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sluicegate.errors import UnsupportedBackend
+
+#: Schemes planned for later releases; naming them gives a clearer error than "unknown".
+PLANNED = ("redis", "postgresql", "amqp", "nats")
+
+
+def open_backend(url: str, **options: Any) -> Any:
+    """Return the backend for ``url``, e.g. ``sqlite:///jobs.db``."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme == "sqlite":
+        from sluicegate.backends.sqlite import SQLiteBackend, parse_path
+
+        return SQLiteBackend(parse_path(url), **options)
+    if scheme in PLANNED:
+        raise UnsupportedBackend(
+            f"the {scheme}:// backend is not available in this release; "
+            "use sqlite:///path.db"
+        )
+    raise UnsupportedBackend(
+        f"unsupported backend URL scheme {scheme!r} in {redact(url)!r}; "
+        "expected sqlite:///path.db"
+    )
+
+
+def redact(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, for logs and errors."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url

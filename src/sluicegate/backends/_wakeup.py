@@ -1,0 +1,110 @@
+"""Cross-process wake-up for the SQLite backend, over Unix datagram sockets.
+
+SQLite has no notification channel, so an idle worker would have to poll the
+database file. Instead each waiting worker binds a datagram socket in a
+directory derived from the database's real path, and a producer sends one
+byte to every socket there after each commit that adds ready messages. The
+worker blocks in ``select`` on its socket, so it wakes within a millisecond
+and burns no CPU while idle. A worker still polls at a long interval, so a
+lost datagram (a full socket buffer, a socket another user cannot write)
+delays work by at most that interval and never loses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import select
+import socket
+import tempfile
+import threading
+
+logger = logging.getLogger(__name__)
+
+
+def channel_dir(database_path: str) -> str:
+    """Return the directory of wake-up sockets for one database file."""
+    digest = hashlib.sha256(os.path.realpath(database_path).encode()).hexdigest()[:20]
+    return os.path.join(tempfile.gettempdir(), f"sluicegate-wake-{digest}")
+
+
+class Notifier:
+    """Send a wake-up datagram to every worker listening on one database."""
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+        self._lock = threading.Lock()
+        self._listing_mtime: int | None = None
+        self._targets: list[str] = []
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.setblocking(False)
+
+    def notify(self) -> None:
+        """Wake every listener; never raises."""
+        with self._lock:
+            for target in self._current_targets():
+                self._send(target)
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def _current_targets(self) -> list[str]:
+        try:
+            mtime = os.stat(self._directory).st_mtime_ns
+        except FileNotFoundError:
+            return []
+        if mtime != self._listing_mtime:
+            self._listing_mtime = mtime
+            names = os.listdir(self._directory)
+            self._targets = [os.path.join(self._directory, n) for n in names if n.endswith(".sock")]
+        return self._targets
+
+    def _send(self, target: str) -> None:
+        try:
+            self._socket.sendto(b"!", target)
+        except (BlockingIOError, InterruptedError):
+            pass  # The listener's buffer is full, so it has a wake-up pending already.
+        except OSError as exc:
+            if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+                # The worker that bound this socket is gone; remove its file.
+                with contextlib.suppress(OSError):
+                    os.unlink(target)
+            else:
+                logger.debug("wake-up send failed target=%s error=%s", target, exc)
+
+
+class Listener:
+    """A bound datagram socket that a waiting worker blocks on."""
+
+    def __init__(self, directory: str) -> None:
+        os.makedirs(directory, mode=0o777, exist_ok=True)
+        with contextlib.suppress(OSError):
+            os.chmod(directory, 0o1777)  # Producers of other users may wake us.
+        self.path = os.path.join(directory, f"{os.getpid()}-{os.urandom(4).hex()}.sock")
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(self.path)
+        self._socket.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._socket.fileno()
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a wake-up; return whether one came."""
+        readable, _, _ = select.select([self._socket], [], [], max(timeout, 0.0))
+        if readable:
+            self.drain()
+        return bool(readable)
+
+    def drain(self) -> None:
+        """Discard pending wake-ups, so the next wait blocks until a new one."""
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while self._socket.recv(64):
+                pass
+
+    def close(self) -> None:
+        self._socket.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)

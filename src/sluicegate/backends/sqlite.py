@@ -1,0 +1,728 @@
+"""Broker and store on one SQLite file in WAL mode, safe for many processes.
+
+Durability: a producer's connection commits with ``synchronous=FULL``, so
+``enqueue`` returns only after the WAL is on disk. A worker's connection uses
+``synchronous=NORMAL``: a power loss can roll back its last settlements, and
+the jobs then run again, which at-least-once delivery allows; it never loses
+an enqueued job.
+
+Concurrency: every write is one ``BEGIN IMMEDIATE`` transaction, which takes
+SQLite's single write lock at once, so no transaction fails midway on a lock
+upgrade. A busy database is waited on (SQLite's busy timeout, then a retry
+loop with backoff); "database is locked" becomes ``StoreUnavailable`` only
+after ``busy_timeout`` seconds in all.
+
+Wake-up: see :mod:`sluicegate.backends._wakeup`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from sluicegate.backends._wakeup import Listener, Notifier, channel_dir
+from sluicegate.backends.sqlite_schema import (
+    BUCKET_SECONDS,
+    DEAD,
+    DELAYED,
+    READY,
+    RESERVED,
+    SCHEMA,
+    SCHEMA_VERSION,
+)
+from sluicegate.backpressure import estimate_retry_after
+from sluicegate.broker import (
+    Action,
+    DeadLetter,
+    EnqueueResult,
+    QueueBounds,
+    QueueStats,
+    Settlement,
+)
+from sluicegate.errors import ConfigurationError, QueueFull, StoreUnavailable
+from sluicegate.message import Delivery, OutgoingMessage
+from sluicegate.store import ErrorInfo, JobRecord, JobState, NewJob
+
+logger = logging.getLogger(__name__)
+
+#: Seconds of the window that rates and ``retry_after`` are computed over.
+RATE_WINDOW = 60.0
+
+_JOB_COLUMNS = (
+    "id, task, queue, state, attempts, created_at, eta, started_at, finished_at, expires_at, "
+    "result, error_type, error_message, error_traceback, cancel_requested, progress, "
+    "progress_message, idempotency_key, note"
+)
+_PENDING_JOB_STATES = ("queued", "retrying")
+
+
+def parse_path(url: str) -> str:
+    """Return the file path of a ``sqlite:///relative`` or ``sqlite:////absolute`` URL."""
+    prefix = "sqlite://"
+    if not url.startswith(prefix):
+        raise ConfigurationError(f"not a sqlite URL: {url!r}")
+    rest = url[len(prefix) :]
+    if not rest.startswith("/") or len(rest) < 2:
+        raise ConfigurationError(
+            f"invalid sqlite URL {url!r}; use sqlite:///relative/path.db "
+            "or sqlite:////absolute/path.db"
+        )
+    return rest[1:]
+
+
+class SQLiteBackend:
+    """Broker and store on one SQLite database file.
+
+    Parameters:
+      path: the database file; created with its schema if missing.
+      durable: commit with ``synchronous=FULL`` (producers) rather than
+        ``NORMAL`` (workers, whose lost settlements only cause re-runs).
+      busy_timeout: seconds a write may wait for the lock before giving up.
+      clock: returns the current Unix time; tests pass a controllable one.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        durable: bool = True,
+        busy_timeout: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.durable = durable
+        self.busy_timeout = busy_timeout
+        self.clock = clock
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._wake_dir = channel_dir(path)
+        self._notifier = Notifier(self._wake_dir)
+        self._result_notifier = Notifier(self._wake_dir + "-results")
+        self._create_schema()
+
+    # -- connections and transactions
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            conn = self._connect()
+            self._local.conn = conn
+            self._local.pid = os.getpid()
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, timeout=min(self.busy_timeout, 5.0), isolation_level=None,
+            check_same_thread=False,
+        )
+        self._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+        conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
+        conn.execute("PRAGMA foreign_keys=OFF")
+        with self._connections_lock:
+            self._connections.append(conn)
+        return conn
+
+    def _retry_busy(self, operation: Callable[[], Any]) -> Any:
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.001
+        while True:
+            try:
+                return operation()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable(
+                        f"SQLite database {self.path} stayed locked for "
+                        f"{self.busy_timeout:g}s; another process holds a long write"
+                    ) from exc
+                logger.debug("database busy, retrying path=%s delay_s=%.3f", self.path, delay)
+                time.sleep(random.uniform(0, delay))
+                delay = min(delay * 2, 0.1)
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """Run the body in one ``BEGIN IMMEDIATE`` transaction; commit or roll back."""
+        conn = self._connection()
+        self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._retry_busy(lambda: conn.execute("COMMIT"))
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        conn = self._connection()
+        rows: list[Any] = self._retry_busy(lambda: conn.execute(sql, params).fetchall())
+        return rows
+
+    def _create_schema(self) -> None:
+        conn = self._connection()
+
+        def create() -> None:
+            try:
+                conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        self._retry_busy(create)
+        with self._write() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"{self.path} has schema version {row[0]}, newer than this sluicegate "
+                    f"({SCHEMA_VERSION}); upgrade sluicegate"
+                )
+
+    def close(self) -> None:
+        """Close every connection this backend opened."""
+        with self._connections_lock:
+            for conn in self._connections:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+        self._notifier.close()
+        self._result_notifier.close()
+
+    # -- enqueue
+
+    def enqueue_jobs(self, jobs: Sequence[NewJob], bounds: QueueBounds) -> list[EnqueueResult]:
+        """Create jobs and their messages in one transaction, all or none.
+
+        A job whose idempotency key exists already is not created; its result
+        names the existing job. Raises ``QueueFull`` if the new messages do
+        not fit under ``bounds``.
+        """
+        if not jobs:
+            return []
+        now = self.clock()
+        with self._write() as conn:
+            results, fresh = self._match_idempotency_keys(conn, jobs)
+            if fresh:
+                queue = fresh[0].message.queue
+                self._admit(conn, queue, len(fresh), bounds, now)
+                self._insert_messages(conn, [job.message for job in fresh], now)
+                conn.executemany(
+                    "INSERT INTO jobs (id, task, queue, state, created_at, eta, idempotency_key) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (j.message.id, j.task, queue, "queued", j.message.enqueued_at,
+                         j.message.ready_at, j.idempotency_key)
+                        for j in fresh
+                    ],
+                )
+        if fresh and any(j.message.ready_at <= now for j in fresh):
+            self._notifier.notify()
+        return results
+
+    def publish(self, messages: Sequence[OutgoingMessage], bounds: QueueBounds) -> None:
+        """Add plain messages (no job records) to one queue, all or none."""
+        if not messages:
+            return
+        now = self.clock()
+        with self._write() as conn:
+            self._admit(conn, messages[0].queue, len(messages), bounds, now)
+            self._insert_messages(conn, messages, now)
+        if any(m.ready_at <= now for m in messages):
+            self._notifier.notify()
+
+    def _match_idempotency_keys(
+        self, conn: sqlite3.Connection, jobs: Sequence[NewJob]
+    ) -> tuple[list[EnqueueResult], list[NewJob]]:
+        results: list[EnqueueResult] = []
+        fresh: list[NewJob] = []
+        seen: dict[str, str] = {}
+        for job in jobs:
+            key = job.idempotency_key
+            existing = seen.get(key) if key is not None else None
+            if key is not None and existing is None:
+                row = conn.execute(
+                    "SELECT id FROM jobs WHERE idempotency_key = ?", (key,)
+                ).fetchone()
+                existing = row[0] if row else None
+            if existing is not None:
+                results.append(EnqueueResult(existing, created=False))
+                continue
+            if key is not None:
+                seen[key] = job.message.id
+            results.append(EnqueueResult(job.message.id, created=True))
+            fresh.append(job)
+        return results, fresh
+
+    def _admit(
+        self, conn: sqlite3.Connection, queue: str, count: int, bounds: QueueBounds, now: float
+    ) -> None:
+        conn.execute(
+            "INSERT INTO queues (name, max_length, max_wait) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET max_length = excluded.max_length, "
+            "max_wait = excluded.max_wait",
+            (queue, bounds.max_length, bounds.max_wait),
+        )
+        (length,) = conn.execute("SELECT length FROM queues WHERE name = ?", (queue,)).fetchone()
+        if length + count > bounds.max_length:
+            excess = length + count - bounds.max_length
+            raise QueueFull(
+                queue, "max_length", bounds.max_length, self._retry_after(conn, queue, excess, now)
+            )
+        if bounds.max_wait is not None:
+            oldest = self._oldest_ready(conn, queue)
+            if oldest is not None and now - oldest > bounds.max_wait:
+                retry_after = self._retry_after(conn, queue, length, now)
+                raise QueueFull(queue, "max_wait", bounds.max_wait, retry_after)
+
+    def _retry_after(self, conn: sqlite3.Connection, queue: str, excess: int, now: float) -> float:
+        completed = conn.execute(
+            "SELECT coalesce(sum(completed), 0) FROM activity WHERE queue = ? AND bucket >= ?",
+            (queue, _bucket(now - RATE_WINDOW)),
+        ).fetchone()[0]
+        return estimate_retry_after(excess, completed, RATE_WINDOW)
+
+    @staticmethod
+    def _oldest_ready(conn: sqlite3.Connection, queue: str) -> float | None:
+        row = conn.execute(
+            "SELECT min(order_at) FROM messages WHERE queue = ? AND state = ?", (queue, READY)
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def _insert_messages(
+        self, conn: sqlite3.Connection, messages: Sequence[OutgoingMessage], now: float
+    ) -> None:
+        conn.executemany(
+            "INSERT INTO messages (id, queue, state, prio, order_at, due_at, enqueued_at, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (m.id, m.queue, READY if m.ready_at <= now else DELAYED, -m.priority,
+                 m.ready_at, None if m.ready_at <= now else m.ready_at, m.enqueued_at, m.body)
+                for m in messages
+            ],
+        )
+        self._count(conn, messages[0].queue, now, enqueued=len(messages))
+
+    @staticmethod
+    def _count(
+        conn: sqlite3.Connection, queue: str, now: float, enqueued: int = 0, completed: int = 0
+    ) -> None:
+        conn.execute(
+            "INSERT INTO activity (queue, bucket, enqueued, completed) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (queue, bucket) DO UPDATE SET enqueued = enqueued + excluded.enqueued, "
+            "completed = completed + excluded.completed",
+            (queue, _bucket(now), enqueued, completed),
+        )
+
+    # -- reserve, settle, extend
+
+    def reserve(
+        self, queues: Sequence[str], limit: int, lease: float, worker: str
+    ) -> list[Delivery]:
+        """Lease up to ``limit`` ready messages; see :meth:`exchange`."""
+        return self.exchange((), queues, limit, lease, worker)[1]
+
+    def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
+        """Settle deliveries; see :meth:`exchange`."""
+        return self.exchange(settlements, (), 0, 0.0, "")[0]
+
+    def exchange(
+        self,
+        settlements: Sequence[Settlement],
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        worker: str,
+    ) -> tuple[list[bool], list[Delivery]]:
+        """Settle finished deliveries and reserve new ones, in one transaction.
+
+        Settling checks the fence and the lease: a delivery whose lease
+        expired, or that a newer delivery replaced, is not settled, and its
+        job update is dropped. Reserving first makes due delayed messages
+        ready and gives expired leases back to their queues, then leases up
+        to ``limit`` messages, highest priority first and FIFO within one,
+        and marks their jobs ``running``.
+        """
+        if not settlements and (limit <= 0 or not queues):
+            return [], []
+        now = self.clock()
+        requeued = False
+        with self._write() as conn:
+            settled = [self._settle_one(conn, s, now) for s in settlements]
+            requeued = any(
+                ok and s.action in (Action.RETRY, Action.RELEASE)
+                for ok, s in zip(settled, settlements, strict=True)
+            )
+            deliveries: list[Delivery] = []
+            if limit > 0 and queues:
+                self._promote_due(conn, now)
+                deliveries = self._reserve(conn, queues, limit, lease, worker, now)
+        if requeued:
+            self._notifier.notify()
+        if any(s.job is not None and s.job.state.is_final for s in settlements):
+            self._result_notifier.notify()
+        return settled, deliveries
+
+    def _settle_one(self, conn: sqlite3.Connection, settlement: Settlement, now: float) -> bool:
+        delivery = settlement.delivery
+        key = (delivery.message_id, delivery.fence, RESERVED, now)
+        fenced = "WHERE id = ? AND fence = ? AND state = ? AND due_at >= ?"
+        action = settlement.action
+        if action is Action.ACK:
+            cursor = conn.execute(f"DELETE FROM messages {fenced}", key)
+        elif action is Action.RETRY and settlement.delay > 0:
+            ready_at = now + settlement.delay
+            cursor = conn.execute(
+                f"UPDATE messages SET state = {DELAYED}, due_at = ?, order_at = ?, worker = NULL "
+                f"{fenced}",
+                (ready_at, ready_at, *key),
+            )
+        elif action in (Action.RETRY, Action.RELEASE):
+            back = 1 if action is Action.RELEASE else 0
+            cursor = conn.execute(
+                f"UPDATE messages SET state = {READY}, due_at = NULL, worker = NULL, "
+                f"order_at = CASE WHEN ? THEN order_at ELSE ? END, deliveries = deliveries - ? "
+                f"{fenced}",
+                (back, now, back, *key),
+            )
+        else:
+            cursor = conn.execute(
+                f"UPDATE messages SET state = {DEAD}, due_at = NULL, worker = NULL, reason = ?, "
+                f"dead_at = ? {fenced}",
+                (settlement.reason or "dead-lettered", now, *key),
+            )
+        if cursor.rowcount != 1:
+            return False
+        if action in (Action.ACK, Action.DEAD):
+            self._count(conn, delivery.queue, now, completed=1)
+        if settlement.job is not None:
+            self._update_job(conn, delivery.message_id, settlement, now)
+        return True
+
+    @staticmethod
+    def _update_job(conn: sqlite3.Connection, job_id: str, settlement: Settlement, now: float) -> None:
+        update = settlement.job
+        assert update is not None
+        error = update.error or ErrorInfo("", "")
+        final = update.state.is_final
+        conn.execute(
+            "UPDATE jobs SET state = ?, result = coalesce(?, result), "
+            "error_type = coalesce(nullif(?, ''), error_type), "
+            "error_message = coalesce(nullif(?, ''), error_message), "
+            "error_traceback = coalesce(?, error_traceback), note = coalesce(?, note), "
+            "finished_at = ?, expires_at = ?, attempts = attempts - ?, eta = ? WHERE id = ?",
+            (
+                update.state.value, update.result, error.type, error.message, error.traceback,
+                update.note, now if final else None, now + update.retention if final else None,
+                0 if update.count_attempt else 1, now + settlement.delay, job_id,
+            ),
+        )
+
+    def _promote_due(self, conn: sqlite3.Connection, now: float) -> None:
+        conn.execute(
+            f"UPDATE messages SET state = {READY}, due_at = NULL "
+            f"WHERE state = {DELAYED} AND due_at <= ?",
+            (now,),
+        )
+        expired = conn.execute(
+            f"UPDATE messages SET state = {READY}, due_at = NULL, worker = NULL "
+            f"WHERE state = {RESERVED} AND due_at < ? RETURNING id, queue, worker, deliveries",
+            (now,),
+        ).fetchall()
+        for message_id, queue, worker, deliveries in expired:
+            logger.warning(
+                "lease expired, message redelivered message_id=%s queue=%s worker=%s "
+                "deliveries=%d", message_id, queue, worker, deliveries,
+            )
+        if expired:
+            conn.executemany(
+                "UPDATE jobs SET state = 'queued' WHERE id = ? AND state = 'running'",
+                [(row[0],) for row in expired],
+            )
+
+    def _reserve(
+        self,
+        conn: sqlite3.Connection,
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        worker: str,
+        now: float,
+    ) -> list[Delivery]:
+        rows: list[Any] = []
+        # Rotate the starting queue so one busy queue cannot starve the others.
+        start = random.randrange(len(queues))
+        for queue in [*queues[start:], *queues[:start]]:
+            if len(rows) >= limit:
+                break
+            rows += conn.execute(
+                f"SELECT seq, id, queue, fence, deliveries, enqueued_at, body FROM messages "
+                f"WHERE queue = ? AND state = {READY} ORDER BY prio, order_at LIMIT ?",
+                (queue, limit - len(rows)),
+            ).fetchall()
+        if not rows:
+            return []
+        lease_until = now + lease
+        conn.executemany(
+            f"UPDATE messages SET state = {RESERVED}, due_at = ?, fence = fence + 1, "
+            f"deliveries = deliveries + 1, worker = ? WHERE seq = ?",
+            [(lease_until, worker, row[0]) for row in rows],
+        )
+        cancel = self._start_jobs(conn, [row[1] for row in rows], now)
+        return [
+            Delivery(
+                message_id=message_id, queue=queue, body=body, fence=fence + 1,
+                lease_until=lease_until, delivery_count=deliveries + 1,
+                enqueued_at=enqueued_at, cancel_requested=message_id in cancel,
+            )
+            for _, message_id, queue, fence, deliveries, enqueued_at, body in rows
+        ]
+
+    @staticmethod
+    def _start_jobs(conn: sqlite3.Connection, job_ids: list[str], now: float) -> set[str]:
+        cancel: set[str] = set()
+        for job_id in job_ids:
+            row = conn.execute(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ? "
+                "WHERE id = ? RETURNING cancel_requested",
+                (now, job_id),
+            ).fetchone()
+            if row is not None and row[0]:
+                cancel.add(job_id)
+        return cancel
+
+    def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
+        """Extend leases to ``lease`` seconds from now; false where the lease was lost."""
+        if not deliveries:
+            return []
+        now = self.clock()
+        held: list[bool] = []
+        with self._write() as conn:
+            for delivery in deliveries:
+                cursor = conn.execute(
+                    f"UPDATE messages SET due_at = ? WHERE id = ? AND fence = ? "
+                    f"AND state = {RESERVED} AND due_at >= ?",
+                    (now + lease, delivery.message_id, delivery.fence, now),
+                )
+                ok = cursor.rowcount == 1
+                if ok:
+                    delivery.lease_until = now + lease
+                held.append(ok)
+        return held
+
+    # -- job records
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return _job_from_row(rows[0], self.clock()) if rows else None
+
+    def get_jobs(self, job_ids: Sequence[str]) -> list[JobRecord]:
+        now = self.clock()
+        records: list[JobRecord] = []
+        for start in range(0, len(job_ids), 500):
+            chunk = list(job_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN ({marks})", chunk)
+            records += [_job_from_row(row, now) for row in rows]
+        return records
+
+    def request_cancel(self, job_id: str, retention: float) -> JobRecord | None:
+        now = self.clock()
+        with self._write() as conn:
+            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            if row[0] in _PENDING_JOB_STATES:
+                conn.execute(
+                    f"DELETE FROM messages WHERE id = ? AND state IN ({READY}, {DELAYED})",
+                    (job_id,),
+                )
+                conn.execute(
+                    "UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished_at = ?, "
+                    "expires_at = ?, note = 'cancelled before it ran' WHERE id = ?",
+                    (now, now + retention, job_id),
+                )
+            elif row[0] == "running":
+                conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        if row[0] in _PENDING_JOB_STATES:
+            self._result_notifier.notify()
+        return self.get_job(job_id)
+
+    def cancel_requests(self, job_ids: Sequence[str]) -> set[str]:
+        if not job_ids:
+            return set()
+        marks = ",".join("?" * len(job_ids))
+        rows = self._read(
+            f"SELECT id FROM jobs WHERE id IN ({marks}) AND cancel_requested = 1", list(job_ids)
+        )
+        return {row[0] for row in rows}
+
+    def set_progress(self, job_id: str, fence: int, fraction: float, message: str | None) -> bool:
+        with self._write() as conn:
+            held = conn.execute(
+                f"SELECT 1 FROM messages WHERE id = ? AND fence = ? AND state = {RESERVED}",
+                (job_id, fence),
+            ).fetchone()
+            if held is None:
+                return False
+            conn.execute(
+                "UPDATE jobs SET progress = ?, progress_message = ? WHERE id = ?",
+                (fraction, message, job_id),
+            )
+        return True
+
+    def purge_expired(self, now: float | None = None) -> int:
+        now = self.clock() if now is None else now
+        with self._write() as conn:
+            deleted = conn.execute("DELETE FROM jobs WHERE expires_at <= ?", (now,)).rowcount
+            conn.execute("DELETE FROM activity WHERE bucket < ?", (_bucket(now - 3600),))
+        if deleted:
+            logger.info("expired job records purged count=%d path=%s", deleted, self.path)
+        return int(deleted)
+
+    # -- queues and dead letters
+
+    def stats(self, queue: str | None = None) -> list[QueueStats]:
+        now = self.clock()
+        where, params = ("WHERE name = ?", (queue,)) if queue else ("", ())
+        queue_rows = self._read(
+            f"SELECT name, dead, max_length, max_wait FROM queues {where} ORDER BY name", params
+        )
+        result = []
+        for name, dead, max_length, max_wait in queue_rows:
+            counts = dict(
+                self._read(
+                    "SELECT state, count(*) FROM messages WHERE queue = ? GROUP BY state", (name,)
+                )
+            )
+            oldest = self._read(
+                f"SELECT min(order_at) FROM messages WHERE queue = ? AND state = {READY}", (name,)
+            )[0][0]
+            enqueued, completed = self._read(
+                "SELECT coalesce(sum(enqueued), 0), coalesce(sum(completed), 0) FROM activity "
+                "WHERE queue = ? AND bucket >= ?",
+                (name, _bucket(now - RATE_WINDOW)),
+            )[0]
+            result.append(
+                QueueStats(
+                    name=name, ready=counts.get(READY, 0), delayed=counts.get(DELAYED, 0),
+                    running=counts.get(RESERVED, 0), dead=dead,
+                    oldest_ready_age=None if oldest is None else max(now - oldest, 0.0),
+                    max_length=max_length if max_length is not None else 0, max_wait=max_wait,
+                    completed_last_minute=completed, enqueued_last_minute=enqueued,
+                )
+            )
+        return result
+
+    def length(self, queue: str) -> int:
+        """Return the number of live (not dead) messages in ``queue``."""
+        rows = self._read("SELECT length FROM queues WHERE name = ?", (queue,))
+        return int(rows[0][0]) if rows else 0
+
+    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        rows = self._read(
+            f"SELECT id, queue, body, reason, dead_at, deliveries FROM messages "
+            f"WHERE queue = ? AND state = {DEAD} ORDER BY dead_at LIMIT ?",
+            (queue, limit),
+        )
+        return [DeadLetter(r[0], r[1], r[2], r[3] or "", r[4] or 0.0, r[5]) for r in rows]
+
+    def retry_dead(self, queue: str, message_ids: Sequence[str] | None = None) -> int:
+        now = self.clock()
+        where, params = _dead_filter(queue, message_ids)
+        with self._write() as conn:
+            ids = [row[0] for row in conn.execute(f"SELECT id FROM messages {where}", params)]
+            conn.executemany(
+                f"UPDATE messages SET state = {READY}, order_at = ?, deliveries = 0, "
+                "reason = NULL, dead_at = NULL WHERE id = ?",
+                [(now, message_id) for message_id in ids],
+            )
+            conn.executemany(
+                "UPDATE jobs SET state = 'queued', attempts = 0, finished_at = NULL, "
+                "expires_at = NULL, note = 'retried from the dead-letter queue' WHERE id = ?",
+                [(message_id,) for message_id in ids],
+            )
+        if ids:
+            logger.info("dead letters retried queue=%s count=%d", queue, len(ids))
+            self._notifier.notify()
+        return len(ids)
+
+    def purge_dead(self, queue: str, message_ids: Sequence[str] | None = None) -> int:
+        where, params = _dead_filter(queue, message_ids)
+        with self._write() as conn:
+            deleted = conn.execute(f"DELETE FROM messages {where}", params).rowcount
+        if deleted:
+            logger.info("dead letters purged queue=%s count=%d", queue, deleted)
+        return int(deleted)
+
+    # -- waiting
+
+    def listener(self) -> Listener:
+        """Bind a socket woken when messages become ready; the caller closes it."""
+        return Listener(self._wake_dir)
+
+    def result_listener(self) -> Listener:
+        """Bind a socket woken when jobs reach a final state; the caller closes it."""
+        return Listener(self._wake_dir + "-results")
+
+    def next_due(self) -> float | None:
+        """Return the earliest ready time of a delayed message or lease expiry."""
+        rows = self._read("SELECT min(due_at) FROM messages WHERE due_at IS NOT NULL")
+        return None if rows[0][0] is None else float(rows[0][0])
+
+    def wait_for_messages(self, queues: Sequence[str], timeout: float) -> None:
+        """Block until a producer signals new messages or ``timeout`` seconds pass."""
+        listener = self.listener()
+        try:
+            listener.wait(timeout)
+        finally:
+            listener.close()
+
+    def ping(self) -> None:
+        """Raise if the database cannot be read."""
+        self._read("SELECT 1")
+
+
+def _bucket(now: float) -> int:
+    return int(now // BUCKET_SECONDS)
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def _dead_filter(queue: str, message_ids: Sequence[str] | None) -> tuple[str, list[Any]]:
+    where = f"WHERE queue = ? AND state = {DEAD}"
+    params: list[Any] = [queue]
+    if message_ids is not None:
+        where += f" AND id IN ({','.join('?' * len(message_ids))})"
+        params += list(message_ids)
+    return where, params
+
+
+def _job_from_row(row: Sequence[Any], now: float) -> JobRecord:
+    state = JobState(row[3])
+    if state is JobState.QUEUED and row[6] > now:
+        state = JobState.SCHEDULED
+    error = ErrorInfo(row[11], row[12] or "", row[13]) if row[11] else None
+    return JobRecord(
+        id=row[0], task=row[1], queue=row[2], state=state, attempts=row[4],
+        created_at=row[5], eta=row[6], started_at=row[7], finished_at=row[8],
+        expires_at=row[9], result=row[10], error=error, cancel_requested=bool(row[14]),
+        progress=row[15], progress_message=row[16], idempotency_key=row[17], note=row[18],
+    )

@@ -1,0 +1,107 @@
+"""Schema of the SQLite backend: one file holds the broker and the store.
+
+``messages`` is the broker: one row per message, with its state, its place
+in the queue and its lease. ``jobs`` is the store: one row per job, kept
+until its retention ends. A task message and its job share one id, so the
+backend settles a message and records the job's outcome in one transaction.
+``queues`` keeps each queue's length, maintained by triggers so it can never
+drift from ``messages``; the bound check reads it instead of counting rows.
+"""
+
+from __future__ import annotations
+
+#: Version of the schema below; stored in ``meta`` under ``schema_version``.
+SCHEMA_VERSION = 1
+
+#: Message states, stored as small integers to keep the index narrow.
+READY, RESERVED, DELAYED, DEAD = 0, 1, 2, 3
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS queues (
+    name TEXT PRIMARY KEY,
+    length INTEGER NOT NULL DEFAULT 0,   -- ready + delayed + reserved messages
+    dead INTEGER NOT NULL DEFAULT 0,
+    max_length INTEGER,                  -- the bound last declared, for display
+    max_wait REAL
+);
+
+-- state: {READY} ready, {RESERVED} reserved, {DELAYED} delayed, {DEAD} dead.
+-- prio is the negated priority, so ascending index order serves the highest first.
+-- order_at is the time the message became ready: FIFO order within a priority.
+-- due_at is the ready time of a delayed message and the lease expiry of a reserved one.
+-- fence grows at each delivery; settling with an older fence is rejected.
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    queue TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    prio INTEGER NOT NULL,
+    order_at REAL NOT NULL,
+    due_at REAL,
+    fence INTEGER NOT NULL DEFAULT 0,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    enqueued_at REAL NOT NULL,
+    worker TEXT,
+    reason TEXT,
+    dead_at REAL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, state, prio, order_at);
+CREATE INDEX IF NOT EXISTS messages_due ON messages (state, due_at) WHERE due_at IS NOT NULL;
+
+CREATE TRIGGER IF NOT EXISTS messages_count_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO queues (name) VALUES (NEW.queue) ON CONFLICT (name) DO NOTHING;
+    UPDATE queues SET length = length + (NEW.state != {DEAD}), dead = dead + (NEW.state = {DEAD})
+    WHERE name = NEW.queue;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_count_delete AFTER DELETE ON messages BEGIN
+    UPDATE queues SET length = length - (OLD.state != {DEAD}), dead = dead - (OLD.state = {DEAD})
+    WHERE name = OLD.queue;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_count_update AFTER UPDATE OF state ON messages
+WHEN (OLD.state = {DEAD}) != (NEW.state = {DEAD}) BEGIN
+    UPDATE queues SET length = length + (OLD.state = {DEAD}) - (NEW.state = {DEAD}),
+                      dead = dead + (NEW.state = {DEAD}) - (OLD.state = {DEAD})
+    WHERE name = NEW.queue;
+END;
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    eta REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    expires_at REAL,
+    result BLOB,
+    error_type TEXT,
+    error_message TEXT,
+    error_traceback TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    progress REAL,
+    progress_message TEXT,
+    idempotency_key TEXT UNIQUE,
+    note TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at) WHERE expires_at IS NOT NULL;
+
+-- Per-queue counts in 5-second buckets, for rates and the retry-after estimate.
+CREATE TABLE IF NOT EXISTS activity (
+    queue TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    enqueued INTEGER NOT NULL DEFAULT 0,
+    completed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, bucket)
+) WITHOUT ROWID;
+"""
+
+#: Width in seconds of one ``activity`` bucket.
+BUCKET_SECONDS = 5

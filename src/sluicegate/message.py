@@ -1,0 +1,151 @@
+"""The message envelope: what a broker carries for one job or one published payload.
+
+A message body is JSON made by :mod:`sluicegate.codec`. A task message is::
+
+    {"v": 1, "id": JOB_ID, "task": NAME, "args": [...], "kwargs": {...}}
+
+and a message published on the plain queue level is::
+
+    {"v": 1, "id": MESSAGE_ID, "payload": VALUE}
+
+The encoded body may not exceed the app's ``max_message_size`` (1 MiB by
+default); the check happens at enqueue, identically on every backend.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from sluicegate import codec
+from sluicegate.errors import DecodeError, PayloadTooLarge
+
+#: Envelope format version written into every message.
+ENVELOPE_VERSION = 1
+
+#: Default limit, in bytes, on an encoded message body and on an encoded result.
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+
+
+def new_id() -> str:
+    """Return a new time-ordered message or job id (a UUIDv7 in canonical form)."""
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (millis & (2**48 - 1)) << 80
+    value |= 0x7 << 76  # version 7
+    value |= (rand >> 68 & 0xFFF) << 64
+    value |= 0b10 << 62  # RFC 4122 variant
+    value |= rand & (2**62 - 1)
+    return str(uuid.UUID(int=value))
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A message handed to a broker for enqueueing.
+
+    ``ready_at`` and ``enqueued_at`` are Unix times in seconds.
+    """
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int
+    ready_at: float
+    enqueued_at: float
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One delivery of a reserved message to a worker.
+
+    ``fence`` is the fencing token: it grows by one at each delivery of the
+    message, and the broker rejects settling or extending with an older one.
+    ``lease_until`` is the Unix time at which the lease expires unless extended.
+    """
+
+    message_id: str
+    queue: str
+    body: bytes
+    fence: int
+    lease_until: float
+    delivery_count: int
+    enqueued_at: float
+    cancel_requested: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCall:
+    """A decoded task message."""
+
+    job_id: str
+    task: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+
+
+def encode_task_call(
+    job_id: str, task: str, args: tuple[Any, ...], kwargs: dict[str, Any], max_size: int
+) -> bytes:
+    """Encode a task message; raise ``EncodeError`` or ``PayloadTooLarge``."""
+    envelope = {
+        "v": ENVELOPE_VERSION,
+        "id": job_id,
+        "task": task,
+        "args": [codec.to_json(arg, f"args[{i}]") for i, arg in enumerate(args)],
+        "kwargs": {key: codec.to_json(val, f"kwargs[{key!r}]") for key, val in kwargs.items()},
+    }
+    body = orjson.dumps(envelope)
+    check_size("message", len(body), max_size)
+    return body
+
+
+def encode_payload(message_id: str, payload: Any, max_size: int) -> bytes:
+    """Encode a plain-queue message; raise ``EncodeError`` or ``PayloadTooLarge``."""
+    envelope = {"v": ENVELOPE_VERSION, "id": message_id, "payload": codec.to_json(payload, "payload")}
+    body = orjson.dumps(envelope)
+    check_size("message", len(body), max_size)
+    return body
+
+
+def decode_envelope(body: bytes) -> dict[str, Any]:
+    """Parse a message body into its envelope dict; raise ``DecodeError`` if invalid."""
+    try:
+        envelope = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"invalid JSON: {exc}", body[:200]) from None
+    if not isinstance(envelope, dict):
+        raise DecodeError(f"envelope is a {type(envelope).__name__}, not an object", body[:200])
+    if envelope.get("v") != ENVELOPE_VERSION:
+        raise DecodeError(f"unsupported envelope version {envelope.get('v')!r}", body[:200])
+    return envelope
+
+
+def decode_task_call(body: bytes) -> TaskCall:
+    """Decode a task message; raise ``DecodeError`` if it is not one."""
+    envelope = decode_envelope(body)
+    job_id, task = envelope.get("id"), envelope.get("task")
+    args, kwargs = envelope.get("args", []), envelope.get("kwargs", {})
+    if not isinstance(job_id, str) or not isinstance(task, str):
+        raise DecodeError("task message lacks a string 'id' and 'task'", body[:200])
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise DecodeError("'args' must be a list and 'kwargs' an object", body[:200])
+    return TaskCall(job_id, task, codec.from_json(args), codec.from_json(kwargs))
+
+
+def decode_payload(body: bytes) -> Any:
+    """Decode the payload of a plain-queue message; raise ``DecodeError`` if invalid."""
+    envelope = decode_envelope(body)
+    if "payload" not in envelope:
+        raise DecodeError("message has no 'payload'", body[:200])
+    return codec.from_json(envelope["payload"])
+
+
+def check_size(what: str, size: int, limit: int) -> None:
+    """Raise ``PayloadTooLarge`` if ``size`` bytes exceed ``limit``."""
+    if size > limit:
+        raise PayloadTooLarge(what, size, limit)

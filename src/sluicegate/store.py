@@ -1,0 +1,124 @@
+"""The store protocol: job records, results, cancel requests and retention.
+
+A backend that is both broker and store (SQLite, Redis, PostgreSQL) writes a
+job's outcome and settles its message in one atomic step, so a message is
+acked only once the outcome is in the store.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sluicegate.message import OutgoingMessage
+
+
+class JobState(enum.StrEnum):
+    """The states of a job; an unknown id has no state, it is not found."""
+
+    SCHEDULED = "scheduled"  # waiting for its eta or delay
+    QUEUED = "queued"  # ready, waiting for a worker
+    RUNNING = "running"  # reserved by a worker, which runs it
+    RETRYING = "retrying"  # failed an attempt, waiting for its backoff
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """The error that ended an attempt: exception type, message and traceback."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """What the store keeps about a job. Times are Unix seconds."""
+
+    id: str
+    task: str
+    queue: str
+    state: JobState
+    attempts: int
+    created_at: float
+    eta: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = None
+    result: bytes | None = None
+    error: ErrorInfo | None = None
+    cancel_requested: bool = False
+    progress: float | None = None
+    progress_message: str | None = None
+    idempotency_key: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to create, with the message that carries it."""
+
+    message: OutgoingMessage
+    task: str
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobUpdate:
+    """The store half of a settlement: the job's new state and what comes with it.
+
+    ``retention`` is how many seconds a final record is kept. ``count_attempt``
+    is false when a job is given back at shutdown, so that attempt is not spent.
+    """
+
+    state: JobState
+    result: bytes | None = None
+    error: ErrorInfo | None = None
+    note: str | None = None
+    retention: float = 7 * 24 * 3600.0
+    count_attempt: bool = True
+
+
+class Store(Protocol):
+    """Job records. Every method is safe to call from many threads and processes."""
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        """Return the job's record, or ``None`` if it never existed or expired."""
+        ...
+
+    def get_jobs(self, job_ids: Sequence[str]) -> list[JobRecord]:
+        """Return the records that exist among ``job_ids``, in any order."""
+        ...
+
+    def request_cancel(self, job_id: str) -> JobRecord | None:
+        """Cancel a job, and return its record after the change (``None`` if unknown).
+
+        A scheduled, queued or retrying job becomes ``cancelled`` at once and
+        its message is removed. A running job gets ``cancel_requested`` set,
+        which the worker honours at its next check. A final job is unchanged.
+        """
+        ...
+
+    def cancel_requests(self, job_ids: Sequence[str]) -> set[str]:
+        """Return the ids among ``job_ids`` whose cancellation was requested."""
+        ...
+
+    def set_progress(self, job_id: str, fence: int, fraction: float, message: str | None) -> bool:
+        """Record a running job's progress; return false if the lease is no longer held."""
+        ...
+
+    def purge_expired(self, now: float) -> int:
+        """Delete final job records whose retention ended; return how many."""
+        ...

@@ -1,0 +1,213 @@
+"""Tasks: registered functions with their options, and enqueueing calls of them."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import inspect
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
+
+from sluicegate.errors import ConfigurationError
+from sluicegate.message import OutgoingMessage, encode_task_call, new_id
+from sluicegate.retry import Backoff
+from sluicegate.store import NewJob
+
+if TYPE_CHECKING:
+    from sluicegate.app import App
+    from sluicegate.job import Job
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Pool = Literal["thread", "process", "async"]
+
+#: One call for ``enqueue_many``: positional arguments and keyword arguments.
+Call = tuple[Sequence[Any], Mapping[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """A task's options. Durations are in seconds.
+
+    ``retries`` counts retries after the first attempt, so a job runs at
+    most ``retries + 1`` times. ``retry_on`` lists the exception types worth
+    a retry; any other exception fails the job at once.
+    """
+
+    name: str
+    queue: str
+    retries: int
+    backoff: Backoff
+    timeout: float | None
+    pool: Pool
+    priority: int
+    retry_on: tuple[type[BaseException], ...]
+    lease: float
+    retention: float
+
+    @property
+    def max_attempts(self) -> int:
+        return self.retries + 1
+
+
+class Task(Generic[P, R]):
+    """A function registered on an app; call ``enqueue`` to run it on a worker.
+
+    Calling the task object directly runs the function in the caller's process.
+    """
+
+    def __init__(self, app: App, fn: Callable[P, R], options: TaskOptions) -> None:
+        self.app = app
+        self.fn = fn
+        self.options = options
+        self.signature = inspect.signature(fn)
+        self.is_async = inspect.iscoroutinefunction(fn)
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r}, queue={self.options.queue!r})"
+
+    def enqueue(
+        self,
+        *args: Any,
+        delay: float | dt.timedelta | None = None,
+        eta: dt.datetime | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> Job[R]:
+        """Enqueue one call and return its job once the message is durable.
+
+        Raises ``TypeError`` if the arguments do not fit the function's
+        signature, ``EncodeError`` or ``PayloadTooLarge`` for arguments that
+        cannot be carried, and ``QueueFull`` when the queue is at its bound.
+        A known ``idempotency_key`` returns the existing job instead.
+        """
+        new = self.prepare(args, kwargs, delay, eta, priority, idempotency_key)
+        return self.app._submit(self, [new])[0]
+
+    async def aenqueue(
+        self,
+        *args: Any,
+        delay: float | dt.timedelta | None = None,
+        eta: dt.datetime | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> Job[R]:
+        """Enqueue one call without blocking the event loop; see :meth:`enqueue`."""
+        new = self.prepare(args, kwargs, delay, eta, priority, idempotency_key)
+        jobs = await asyncio.to_thread(self.app._submit, self, [new])
+        return jobs[0]
+
+    def enqueue_many(
+        self,
+        calls: Iterable[Call],
+        *,
+        delay: float | dt.timedelta | None = None,
+        eta: dt.datetime | None = None,
+        priority: int | None = None,
+    ) -> list[Job[R]]:
+        """Enqueue many ``(args, kwargs)`` calls in one transaction, all or none.
+
+        The whole batch is admitted or rejected with ``QueueFull`` against the
+        queue's bound; it is never split.
+        """
+        prepared = [
+            self.prepare(tuple(args), dict(kwargs), delay, eta, priority, None)
+            for args, kwargs in calls
+        ]
+        return self.app._submit(self, prepared)
+
+    async def aenqueue_many(
+        self,
+        calls: Iterable[Call],
+        *,
+        delay: float | dt.timedelta | None = None,
+        eta: dt.datetime | None = None,
+        priority: int | None = None,
+    ) -> list[Job[R]]:
+        """Enqueue many calls without blocking the event loop; see :meth:`enqueue_many`."""
+        calls = list(calls)
+        return await asyncio.to_thread(
+            self.enqueue_many, calls, delay=delay, eta=eta, priority=priority
+        )
+
+    def prepare(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        delay: float | dt.timedelta | None,
+        eta: dt.datetime | None,
+        priority: int | None,
+        idempotency_key: str | None,
+    ) -> NewJob:
+        """Check and encode one call; return the job to create."""
+        self.check_arguments(args, kwargs)
+        now = time.time()
+        job_id = new_id()
+        body = encode_task_call(job_id, self.name, args, kwargs, self.app.max_message_size)
+        message = OutgoingMessage(
+            id=job_id,
+            queue=self.options.queue,
+            body=body,
+            priority=self.options.priority if priority is None else _check_priority(priority),
+            ready_at=ready_time(now, delay, eta),
+            enqueued_at=now,
+        )
+        return NewJob(message, self.name, _check_key(idempotency_key))
+
+    def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Raise ``TypeError`` naming the task if the call does not fit its signature."""
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"invalid arguments for task {self.name}{self.signature}: {exc}") from None
+
+
+def ready_time(now: float, delay: float | dt.timedelta | None, eta: dt.datetime | None) -> float:
+    """Return the Unix time a message becomes ready; an ``eta`` in the past means now."""
+    if delay is not None and eta is not None:
+        raise ConfigurationError("pass either delay or eta, not both")
+    if eta is not None:
+        if not isinstance(eta, dt.datetime):
+            raise TypeError(f"eta must be a datetime, got {type(eta).__name__}")
+        if eta.tzinfo is None or eta.tzinfo.utcoffset(eta) is None:
+            raise ConfigurationError(
+                f"eta {eta.isoformat()} has no time zone; pass an aware datetime, "
+                "e.g. datetime.now(timezone.utc) + timedelta(minutes=5)"
+            )
+        return max(eta.timestamp(), now)
+    if delay is None:
+        return now
+    seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else float(delay)
+    if seconds < 0 or seconds != seconds:
+        raise ConfigurationError(f"delay must be a non-negative number of seconds, got {delay!r}")
+    return now + seconds
+
+
+def _check_priority(priority: int) -> int:
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise TypeError(f"priority must be an int, got {type(priority).__name__}")
+    if not -1000 <= priority <= 1000:
+        raise ConfigurationError(f"priority must be between -1000 and 1000, got {priority}")
+    return priority
+
+
+def _check_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or len(key) > 255:
+        raise ConfigurationError(
+            f"idempotency_key must be a non-empty string of at most 255 characters, got {key!r}"
+        )
+    return key

@@ -1,0 +1,105 @@
+"""Running one task call and classifying how it ended, in any pool."""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from sluicegate import codec
+from sluicegate.context import JobContext, reset_job_context, set_job_context
+from sluicegate.errors import Cancelled, EncodeError, Fail, PayloadTooLarge, Retry, TaskTimeout
+from sluicegate.message import TaskCall, check_size
+from sluicegate.store import ErrorInfo
+from sluicegate.task import Task
+
+#: Longest traceback text kept in a job's record, in characters.
+MAX_TRACEBACK_CHARS = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """How one attempt ended.
+
+    ``kind`` is ``"ok"`` (``result`` holds the encoded return value),
+    ``"error"`` (``error`` says what; ``retryable`` whether the task's
+    ``retry_on`` allows a retry; ``retry_delay`` a delay the task asked for
+    with ``Retry``) or ``"cancelled"``. ``cancel_seen`` is true when the
+    task read ``job_context().cancelled`` as true.
+    """
+
+    kind: str
+    result: bytes | None = None
+    error: ErrorInfo | None = None
+    retryable: bool = False
+    retry_delay: float | None = None
+    cancel_seen: bool = False
+
+
+def run_sync(task: Task[Any, Any], call: TaskCall, context: JobContext, max_size: int) -> RunOutcome:
+    """Run a sync task function with ``context`` as the job context."""
+    token = set_job_context(context)
+    try:
+        value = task.fn(*call.args, **call.kwargs)
+    except Cancelled:
+        return RunOutcome("cancelled", cancel_seen=True)
+    except Exception as exc:
+        return classify_error(task, exc, context)
+    finally:
+        reset_job_context(token)
+    return encode_result(value, context, max_size)
+
+
+async def run_async(
+    task: Task[Any, Any], call: TaskCall, context: JobContext, max_size: int
+) -> RunOutcome:
+    """Run an async task function on the running loop with ``context`` set."""
+    token = set_job_context(context)
+    try:
+        value = await task.fn(*call.args, **call.kwargs)
+    except Cancelled:
+        return RunOutcome("cancelled", cancel_seen=True)
+    except Exception as exc:
+        return classify_error(task, exc, context)
+    finally:
+        reset_job_context(token)
+    return encode_result(value, context, max_size)
+
+
+def encode_result(value: Any, context: JobContext, max_size: int) -> RunOutcome:
+    """Encode a return value; a value that cannot be stored fails the job, unretried."""
+    try:
+        result = codec.encode(value)
+        check_size("result", len(result), max_size)
+    except (EncodeError, PayloadTooLarge) as exc:
+        error = ErrorInfo(type(exc).__name__, f"the task's return value was rejected: {exc}")
+        return RunOutcome("error", error=error, cancel_seen=context._cancel_seen)
+    return RunOutcome("ok", result=result, cancel_seen=context._cancel_seen)
+
+
+def classify_error(task: Task[Any, Any], exc: Exception, context: JobContext) -> RunOutcome:
+    """Turn an exception raised by a task into an outcome, deciding if it is retryable."""
+    error = describe_error(exc)
+    if isinstance(exc, Retry):
+        return RunOutcome("error", error=error, retryable=True, retry_delay=exc.delay)
+    retryable = not isinstance(exc, Fail) and isinstance(exc, task.options.retry_on)
+    return RunOutcome("error", error=error, retryable=retryable, cancel_seen=context._cancel_seen)
+
+
+def describe_error(exc: BaseException) -> ErrorInfo:
+    """Return the type, message and traceback of ``exc`` for a job's record."""
+    text = "".join(traceback.format_exception(exc))
+    if len(text) > MAX_TRACEBACK_CHARS:
+        text = "...\n" + text[-MAX_TRACEBACK_CHARS:]
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    return ErrorInfo(name, str(exc), text)
+
+
+def timeout_outcome(task: Task[Any, Any], timeout: float, how: str) -> RunOutcome:
+    """Return the outcome of an attempt stopped by its timeout."""
+    message = f"task {task.name} exceeded its timeout of {timeout:g}s; {how}"
+    error = ErrorInfo("sluicegate.errors.TaskTimeout", message)
+    retryable = issubclass(TaskTimeout, task.options.retry_on)
+    return RunOutcome("error", error=error, retryable=retryable)
+

@@ -1,0 +1,74 @@
+"""Heartbeats: extend the leases of running jobs and pick up cancel requests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sluicegate.worker.worker import Running, Worker
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two heartbeats at most; shorter leases beat faster.
+MAX_INTERVAL = 0.5
+
+#: A lease is extended once less than this share of it remains.
+EXTEND_BELOW = 2 / 3
+
+
+class Heartbeat:
+    """Extends leases before they expire and forwards cancel requests to running jobs.
+
+    An async job whose cancellation is requested is cancelled on the loop. A
+    sync job sees ``job_context().cancelled`` turn true and decides itself.
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.interval = min(MAX_INTERVAL, worker.app.lease / 4)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            entries = [e for e in self.worker.running.values() if e.context is not None]
+            if not entries:
+                continue
+            try:
+                await self._forward_cancels(entries)
+                await self._extend(entries)
+            except Exception:
+                logger.exception("heartbeat failed worker=%s", self.worker.name)
+
+    async def _forward_cancels(self, entries: list[Running]) -> None:
+        ids = [e.delivery.message_id for e in entries]
+        requested = await self.worker._call(self.worker.backend.cancel_requests, ids)
+        for entry in entries:
+            context = entry.context
+            if entry.delivery.message_id not in requested or context is None:
+                continue
+            if context._cancel_requested:
+                continue
+            context.request_cancel()
+            logger.info("job cancel requested job_id=%s task=%s", context.job_id, context.task)
+            if entry.task is not None and entry.task.options.pool == "async" and entry.handle:
+                entry.handle.cancel()
+
+    async def _extend(self, entries: list[Running]) -> None:
+        now = time.time()
+        due = []
+        for entry in entries:
+            lease = entry.task.options.lease if entry.task else self.worker.app.lease
+            if entry.delivery.lease_until - now < lease * EXTEND_BELOW:
+                due.append((entry, lease))
+        for lease in {lease for _, lease in due}:
+            batch = [entry.delivery for entry, entry_lease in due if entry_lease == lease]
+            held = await self.worker._call(self.worker.backend.extend, batch, lease)
+            for delivery, ok in zip(batch, held, strict=True):
+                if not ok:
+                    logger.warning(
+                        "lease lost, the job's outcome will be rejected job_id=%s fence=%d",
+                        delivery.message_id, delivery.fence,
+                    )

@@ -1,0 +1,425 @@
+"""The worker: reserve messages up to free capacity, run them, settle them.
+
+One asyncio loop drives everything. Async tasks run on it; sync tasks run
+in a thread pool, ``pool="process"`` tasks in a :class:`ProcessPool`. All
+backend calls run on one dedicated I/O thread, so a slow commit never
+blocks the loop. Settling and reserving share one transaction per loop turn
+(:meth:`exchange`), so a busy worker pays about one commit per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sluicegate.broker import Action, Settlement
+from sluicegate.context import JobContext
+from sluicegate.errors import DecodeError, UnknownTask
+from sluicegate.message import Delivery, TaskCall, decode_task_call
+from sluicegate.store import ErrorInfo, JobState, JobUpdate
+from sluicegate.task import Task
+from sluicegate.worker.execution import RunOutcome, run_async, run_sync, timeout_outcome
+from sluicegate.worker.lease import Heartbeat
+from sluicegate.worker.pools import ChildDied, ProcessPool
+from sluicegate.worker.shutdown import Shutdown
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Longest idle sleep, in seconds, between two reserve attempts without a wake-up.
+MAX_IDLE_WAIT = 2.0
+
+#: Seconds between two purges of expired job records.
+PURGE_INTERVAL = 60.0
+
+
+@dataclass(eq=False)
+class Running:
+    """One delivery the worker holds, from reserve to settle."""
+
+    delivery: Delivery
+    task: Task[Any, Any] | None
+    context: JobContext | None = None
+    handle: asyncio.Future[Any] | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+class Worker:
+    """Runs jobs from ``queues`` with at most ``concurrency`` at once.
+
+    Parameters:
+      app: the App whose tasks and backend to use.
+      queues: queue names to consume; default every queue of the app's tasks.
+      concurrency: jobs run at once, across all pools.
+      processes: size of the process pool for ``pool="process"`` tasks.
+      grace: seconds running jobs get to finish after the first SIGTERM.
+      app_spec: ``module:attribute`` of the app, needed by the process pool.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 8,
+        processes: int | None = None,
+        grace: float = 30.0,
+        app_spec: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.app = app
+        self.queues = list(queues or sorted({t.options.queue for t in app.tasks.values()}))
+        if not self.queues:
+            self.queues = ["default"]
+        self.concurrency = max(1, int(concurrency))
+        self.processes = max(1, processes or os.cpu_count() or 1)
+        self.app_spec = app_spec
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.shutdown = Shutdown(grace)
+        self.running: dict[str, Running] = {}
+        self._pending: list[Settlement] = []
+        self._stragglers = 0  # thread calls past their timeout that still occupy a thread
+        self._wake: asyncio.Event | None = None
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="sluicegate-io")
+        self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="sluicegate-task")
+        self._process_pool: ProcessPool | None = None
+        self.backend: Any = None
+
+    # -- life cycle
+
+    def run(self) -> int:
+        """Run until SIGTERM or SIGINT; return the exit code (0 after a clean stop)."""
+        return asyncio.run(self.serve())
+
+    async def serve(self) -> int:
+        """Run the worker on the current event loop until it is stopped."""
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self.backend = await self._call(self.app.open_worker_backend)
+        listener = await self._call(self.backend.listener)
+        loop.add_reader(listener.fileno(), self._on_wake_signal, listener)
+        self.shutdown.install(loop, self._on_stop_signal)
+        heartbeat = Heartbeat(self)
+        heartbeat_task = asyncio.create_task(heartbeat.run())
+        logger.info(
+            "worker started worker=%s queues=%s concurrency=%d pid=%d",
+            self.name, ",".join(self.queues), self.concurrency, os.getpid(),
+        )
+        try:
+            await self._loop()
+            await self._drain()
+        finally:
+            heartbeat_task.cancel()
+            self.shutdown.uninstall(loop)
+            loop.remove_reader(listener.fileno())
+            listener.close()
+            await self._close()
+        logger.info("worker stopped worker=%s", self.name)
+        return 0
+
+    def stop(self) -> None:
+        """Ask the worker to stop as after one SIGTERM (thread-safe through the loop)."""
+        self.shutdown.request()
+        self._poke()
+
+    async def _close(self) -> None:
+        if self._process_pool is not None:
+            await self._call(self._process_pool.close)
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        await self._call(self.backend.close)
+        self._io.shutdown(wait=True)
+
+    # -- the loop
+
+    async def _loop(self) -> None:
+        last_purge = 0.0
+        while not self.shutdown.requested:
+            free = self.concurrency - len(self.running) - self._stragglers
+            settlements, self._pending = self._pending, []
+            if free <= 0 and not settlements:
+                await self._sleep(MAX_IDLE_WAIT)
+                continue
+            settled, deliveries = await self._call(
+                self.backend.exchange, settlements, self.queues, max(free, 0),
+                self.app.lease, self.name,
+            )
+            self._after_settle(settlements, settled)
+            for delivery in deliveries:
+                self._start(delivery)
+            if time.monotonic() - last_purge > PURGE_INTERVAL:
+                last_purge = time.monotonic()
+                await self._call(self.backend.purge_expired)
+            if not deliveries and not self._pending:
+                await self._sleep(await self._idle_wait())
+
+    async def _idle_wait(self) -> float:
+        due = await self._call(self.backend.next_due)
+        if due is None:
+            return MAX_IDLE_WAIT
+        return min(max(due - time.time(), 0.001), MAX_IDLE_WAIT)
+
+    async def _sleep(self, timeout: float) -> None:
+        assert self._wake is not None
+        if not self._wake.is_set():
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+        self._wake.clear()
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _on_wake_signal(self, listener: Any) -> None:
+        listener.drain()
+        self._poke()
+
+    async def _call(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._io, function, *args)
+
+    # -- one job
+
+    def _start(self, delivery: Delivery) -> None:
+        try:
+            call = decode_task_call(delivery.body)
+            task = self.app.get_task(call.task)
+        except (DecodeError, UnknownTask) as exc:
+            self._dead_letter_undeliverable(delivery, exc)
+            return
+        entry = Running(delivery, task)
+        self.running[delivery.message_id] = entry
+        if delivery.cancel_requested:
+            logger.info("job cancelled before start job_id=%s task=%s", call.job_id, task.name)
+            self._finish(entry, RunOutcome("cancelled"))
+            return
+        if delivery.delivery_count > task.options.max_attempts:
+            self._exhausted_by_redelivery(entry)
+            return
+        entry.context = self._context(task, call, delivery)
+        logger.info(
+            "job started job_id=%s task=%s queue=%s attempt=%d",
+            call.job_id, task.name, delivery.queue, delivery.delivery_count,
+        )
+        entry.handle = asyncio.ensure_future(self._execute(entry, task, call))
+        entry.handle.add_done_callback(lambda _: None)
+
+    def _context(self, task: Task[Any, Any], call: TaskCall, delivery: Delivery) -> JobContext:
+        backend = self.app.backend
+
+        def report(fraction: float, message: str | None) -> None:
+            backend.set_progress(call.job_id, delivery.fence, fraction, message)
+
+        return JobContext(
+            call.job_id, task.name, task.options.queue, delivery.delivery_count, report
+        )
+
+    async def _execute(self, entry: Running, task: Task[Any, Any], call: TaskCall) -> None:
+        assert entry.context is not None
+        timeout = task.options.timeout
+        try:
+            if task.options.pool == "async":
+                outcome = await self._run_async(task, call, entry.context, timeout)
+            elif task.options.pool == "process":
+                outcome = await self._run_process(task, entry.delivery, timeout)
+            else:
+                outcome = await self._run_thread(task, call, entry.context, timeout)
+        except asyncio.CancelledError:
+            if self.shutdown.giving_back:
+                self._give_back(entry)
+                return
+            outcome = RunOutcome("cancelled", cancel_seen=True)
+        except Exception as exc:  # A failure of the pool itself, not of the task.
+            logger.exception("job execution failed job_id=%s task=%s", call.job_id, task.name)
+            error = ErrorInfo(type(exc).__name__, str(exc))
+            outcome = RunOutcome("error", error=error, retryable=True)
+        self._finish(entry, outcome)
+
+    async def _run_async(
+        self, task: Task[Any, Any], call: TaskCall, context: JobContext, timeout: float | None
+    ) -> RunOutcome:
+        try:
+            return await asyncio.wait_for(
+                run_async(task, call, context, self.app.max_message_size), timeout
+            )
+        except TimeoutError:
+            return timeout_outcome(task, timeout or 0.0, "the coroutine was cancelled")
+
+    async def _run_thread(
+        self, task: Task[Any, Any], call: TaskCall, context: JobContext, timeout: float | None
+    ) -> RunOutcome:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(
+            self._threads, run_sync, task, call, context, self.app.max_message_size
+        )
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            # A thread cannot be stopped: it keeps its slot until the function returns,
+            # and its late result is discarded.
+            self._stragglers += 1
+            future.add_done_callback(self._straggler_done)
+            return timeout_outcome(
+                task, timeout or 0.0, "the thread runs on and its result will be discarded"
+            )
+
+    def _straggler_done(self, _: Any) -> None:
+        self._stragglers -= 1
+        self._poke()
+
+    async def _run_process(
+        self, task: Task[Any, Any], delivery: Delivery, timeout: float | None
+    ) -> RunOutcome:
+        if self._process_pool is None:
+            if self.app_spec is None:
+                raise UnknownTask(f"{task.name} (pool='process' needs the worker's app spec)")
+            self._process_pool = ProcessPool(self.processes, self.app_spec)
+        try:
+            return await self._process_pool.run(
+                delivery.body, delivery.fence, delivery.delivery_count, timeout
+            )
+        except TimeoutError:
+            return timeout_outcome(task, timeout or 0.0, "its process was killed")
+        except ChildDied as exc:
+            return RunOutcome("error", error=ErrorInfo("ChildDied", str(exc)), retryable=True)
+
+    # -- settling
+
+    def _finish(self, entry: Running, outcome: RunOutcome) -> None:
+        if self.running.pop(entry.delivery.message_id, None) is None:
+            return  # Given back already at shutdown.
+        assert entry.task is not None
+        self._pending.append(self._settlement(entry, entry.task, outcome))
+        self._poke()
+
+    def _settlement(self, entry: Running, task: Task[Any, Any], outcome: RunOutcome) -> Settlement:
+        delivery, job_id = entry.delivery, entry.delivery.message_id
+        retention = task.options.retention
+        requested = entry.context is not None and entry.context._cancel_requested
+        note = "cancel requested while running; the task finished anyway" if requested else None
+        if outcome.kind == "cancelled" or (outcome.cancel_seen and outcome.kind == "ok"):
+            logger.info("job cancelled job_id=%s task=%s", job_id, task.name)
+            update = JobUpdate(JobState.CANCELLED, retention=retention, note="cancelled")
+            return Settlement(delivery, Action.ACK, update)
+        if outcome.kind == "ok":
+            logger.info("job succeeded job_id=%s task=%s", job_id, task.name)
+            update = JobUpdate(JobState.SUCCEEDED, outcome.result, note=note, retention=retention)
+            return Settlement(delivery, Action.ACK, update)
+        error = outcome.error
+        assert error is not None
+        if not outcome.retryable:
+            logger.info(
+                "job failed job_id=%s task=%s error=%s: %s", job_id, task.name, error.type,
+                error.message,
+            )
+            update = JobUpdate(JobState.FAILED, error=error, note=note, retention=retention)
+            return Settlement(delivery, Action.ACK, update)
+        attempt = delivery.delivery_count
+        if attempt >= task.options.max_attempts:
+            reason = f"retries exhausted after {attempt} attempts: {error.type}: {error.message}"
+            logger.warning("job dead-lettered job_id=%s task=%s reason=%s", job_id, task.name, reason)
+            update = JobUpdate(JobState.FAILED, error=error, note=reason, retention=retention)
+            return Settlement(delivery, Action.DEAD, update, reason=reason)
+        delay = outcome.retry_delay
+        if delay is None:
+            delay = task.options.backoff.delay(attempt)
+        logger.warning(
+            "job retried job_id=%s task=%s attempt=%d delay_s=%.3f error=%s: %s",
+            job_id, task.name, attempt, delay, error.type, error.message,
+        )
+        update = JobUpdate(JobState.RETRYING, error=error, note=note, retention=retention)
+        return Settlement(delivery, Action.RETRY, update, delay=max(delay, 0.0))
+
+    def _after_settle(self, settlements: Sequence[Settlement], settled: Sequence[bool]) -> None:
+        for settlement, ok in zip(settlements, settled, strict=True):
+            if not ok:
+                logger.warning(
+                    "settlement rejected, lease lost message_id=%s fence=%d action=%s",
+                    settlement.delivery.message_id, settlement.delivery.fence,
+                    settlement.action.value,
+                )
+
+    def _dead_letter_undeliverable(self, delivery: Delivery, exc: Exception) -> None:
+        reason = f"undeliverable: {exc}"
+        logger.error(
+            "message dead-lettered message_id=%s queue=%s reason=%s",
+            delivery.message_id, delivery.queue, reason,
+        )
+        error = ErrorInfo(type(exc).__name__, str(exc))
+        update = JobUpdate(JobState.FAILED, error=error, note=reason, retention=self.app.retention)
+        self._pending.append(Settlement(delivery, Action.DEAD, update, reason=reason))
+        self._poke()
+
+    def _exhausted_by_redelivery(self, entry: Running) -> None:
+        assert entry.task is not None
+        count = entry.delivery.delivery_count - 1
+        reason = (
+            f"delivered {count} times without a recorded outcome (the worker died or lost "
+            f"its lease each time); max attempts is {entry.task.options.max_attempts}"
+        )
+        error = ErrorInfo("sluicegate.errors.LeaseLost", reason)
+        self.running.pop(entry.delivery.message_id, None)
+        logger.warning("job dead-lettered job_id=%s reason=%s", entry.delivery.message_id, reason)
+        update = JobUpdate(
+            JobState.FAILED, error=error, note=reason, retention=entry.task.options.retention,
+            count_attempt=False,
+        )
+        self._pending.append(Settlement(entry.delivery, Action.DEAD, update, reason=reason))
+        self._poke()
+
+    # -- shutdown
+
+    def _on_stop_signal(self) -> None:
+        if self.shutdown.giving_back:
+            self._cancel_running()
+        self._poke()
+
+    async def _drain(self) -> None:
+        """Let running jobs finish within the grace period, then give the rest back."""
+        deadline = time.monotonic() + self.shutdown.grace
+        logger.info(
+            "worker stopping, waiting for running jobs worker=%s running=%d grace_s=%g",
+            self.name, len(self.running), self.shutdown.grace,
+        )
+        while self.running and not self.shutdown.giving_back:
+            if time.monotonic() >= deadline:
+                self.shutdown.give_back()
+                break
+            await self._flush()
+            await self._sleep(min(0.1, max(deadline - time.monotonic(), 0.0)))
+        if self.running:
+            self._cancel_running()
+            await asyncio.sleep(0)
+        await self._flush()
+
+    def _cancel_running(self) -> None:
+        if self._process_pool is not None:
+            self._process_pool.kill_busy()
+        for entry in list(self.running.values()):
+            if entry.handle is not None and entry.task is not None and entry.task.options.pool != "thread":
+                entry.handle.cancel()
+            self._give_back(entry)
+
+    def _give_back(self, entry: Running) -> None:
+        if self.running.pop(entry.delivery.message_id, None) is None:
+            return
+        logger.warning(
+            "job given back at shutdown job_id=%s attempt=%d",
+            entry.delivery.message_id, entry.delivery.delivery_count,
+        )
+        update = JobUpdate(JobState.QUEUED, note="given back at worker shutdown", count_attempt=False)
+        self._pending.append(Settlement(entry.delivery, Action.RELEASE, update))
+
+    async def _flush(self) -> None:
+        settlements, self._pending = self._pending, []
+        if settlements:
+            settled = await self._call(self.backend.settle, settlements)
+            self._after_settle(settlements, settled)
