@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, overload
 
 from sluicegate.backends import open_backend, redact
+from sluicegate.backends.base import Backend
 from sluicegate.broker import DEFAULT_MAX_LENGTH, QueueBounds
 from sluicegate.errors import ConfigurationError, JobNotFound, UnknownTask
 from sluicegate.job import Job
@@ -65,7 +66,7 @@ class App:
         self.backoff = backoff or Backoff()
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._bounds: dict[str, QueueBounds] = {}
-        self._backend: Any = None
+        self._backend: Backend | None = None
         self._backend_pid = 0
         self._backend_lock = threading.Lock()
         open_backend(self.url, durable=True).close()  # Validates the URL and creates the schema.
@@ -74,16 +75,17 @@ class App:
         return f"App({redact(self.url)!r})"
 
     @property
-    def backend(self) -> Any:
+    def backend(self) -> Backend:
         """The backend this process uses to enqueue and read jobs, opened on first use."""
         if self._backend is None or self._backend_pid != os.getpid():
             with self._backend_lock:
                 if self._backend is None or self._backend_pid != os.getpid():
                     self._backend = open_backend(self.url, durable=True)
                     self._backend_pid = os.getpid()
+        assert self._backend is not None
         return self._backend
 
-    def open_worker_backend(self) -> Any:
+    def open_worker_backend(self) -> Backend:
         """Open a separate backend for a worker (see the backend's durability notes)."""
         return open_backend(self.url, durable=False)
 
@@ -247,7 +249,9 @@ def _pick_pool(function: Callable[..., Any], pool: Pool | None) -> Pool:
         raise ConfigurationError(f"pool must be 'thread', 'process' or 'async', got {pool!r}")
     if is_async != (pool == "async"):
         kind = "an async" if is_async else "a sync"
-        raise ConfigurationError(f"{function.__qualname__} is {kind} function; pool={pool!r} cannot run it")
+        raise ConfigurationError(
+            f"{function.__qualname__} is {kind} function; pool={pool!r} cannot run it"
+        )
     return pool
 
 

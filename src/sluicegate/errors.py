@@ -133,11 +133,11 @@ class LeaseLost(SluicegateError):
         super().__init__(f"lease on message {message_id} expired or is held by another worker")
 
 
-class Fail(Exception):  # noqa: N818 - a verb reads best at the raise site: `raise Fail(...)`
+class Fail(Exception):
     """Raised by a task to fail its job at once, without spending retries."""
 
 
-class Retry(Exception):  # noqa: N818 - a verb reads best at the raise site: `raise Retry(...)`
+class Retry(Exception):
     """Raised by a task to ask for a retry, optionally after ``delay`` seconds."""
 
     def __init__(self, message: str = "retry requested", delay: float | None = None) -> None:
@@ -145,7 +145,7 @@ class Retry(Exception):  # noqa: N818 - a verb reads best at the raise site: `ra
         super().__init__(message)
 
 
-class Cancelled(BaseException):  # noqa: N818
+class Cancelled(BaseException):
     """Raised inside a task whose job was cancelled.
 
     It derives from ``BaseException`` like ``asyncio.CancelledError``, so a task's

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from sluicegate import codec
 from sluicegate.errors import JobCancelled, JobFailed, JobNotFound, JobTimeout
@@ -122,11 +122,11 @@ class Job(Generic[R]):
         ``JobTimeout`` after ``timeout`` seconds and ``JobNotFound`` for an
         unknown or expired id.
         """
-        return self._outcome(self.wait(timeout))
+        return cast(R, self._outcome(self.wait(timeout)))
 
     async def aresult(self, timeout: float | None = None) -> R:
         """Wait for the job without blocking the event loop; see :meth:`result`."""
-        return self._outcome(await self.await_final(timeout))
+        return cast(R, self._outcome(await self.await_final(timeout)))
 
     def cancel(self) -> JobState:
         """Cancel the job; return its state after the request.

@@ -106,7 +106,11 @@ def encode_task_call(
 
 def encode_payload(message_id: str, payload: Any, max_size: int) -> bytes:
     """Encode a plain-queue message; raise ``EncodeError`` or ``PayloadTooLarge``."""
-    envelope = {"v": ENVELOPE_VERSION, "id": message_id, "payload": codec.to_json(payload, "payload")}
+    envelope = {
+        "v": ENVELOPE_VERSION,
+        "id": message_id,
+        "payload": codec.to_json(payload, "payload"),
+    }
     body = orjson.dumps(envelope)
     check_size("message", len(body), max_size)
     return body

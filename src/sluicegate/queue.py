@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import datetime as dt
 
     from sluicegate.app import App
+    from sluicegate.backends.base import Backend
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,9 @@ class Queue:
         except DecodeError as exc:
             logger.error(
                 "undecodable message dead-lettered message_id=%s queue=%s reason=%s",
-                delivery.message_id, self.name, exc.reason,
+                delivery.message_id,
+                self.name,
+                exc.reason,
             )
             reason = f"undecodable: {exc.reason}"
             self.app.backend.settle([Settlement(delivery, Action.DEAD, reason=reason)])
@@ -186,7 +189,7 @@ class Queue:
         return int(self.app.backend.purge_dead(self.name, message_ids))
 
 
-def _until_due(backend: Any, pause: float) -> float:
+def _until_due(backend: Backend, pause: float) -> float:
     due = backend.next_due()
     if due is None:
         return pause

@@ -102,12 +102,13 @@ class Store(Protocol):
         """Return the records that exist among ``job_ids``, in any order."""
         ...
 
-    def request_cancel(self, job_id: str) -> JobRecord | None:
+    def request_cancel(self, job_id: str, retention: float) -> JobRecord | None:
         """Cancel a job, and return its record after the change (``None`` if unknown).
 
         A scheduled, queued or retrying job becomes ``cancelled`` at once and
         its message is removed. A running job gets ``cancel_requested`` set,
         which the worker honours at its next check. A final job is unchanged.
+        A record cancelled now is kept ``retention`` seconds.
         """
         ...
 

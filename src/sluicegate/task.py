@@ -171,7 +171,9 @@ class Task(Generic[P, R]):
         try:
             self.signature.bind(*args, **kwargs)
         except TypeError as exc:
-            raise TypeError(f"invalid arguments for task {self.name}{self.signature}: {exc}") from None
+            raise TypeError(
+                f"invalid arguments for task {self.name}{self.signature}: {exc}"
+            ) from None
 
 
 def ready_time(now: float, delay: float | dt.timedelta | None, eta: dt.datetime | None) -> float:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from sluicegate.backends.base import Backend
 from sluicegate.errors import UnsupportedBackend
 
 #: Schemes planned for later releases; naming them gives a clearer error than "unknown".
 PLANNED = ("redis", "postgresql", "amqp", "nats")
 
 
-def open_backend(url: str, **options: Any) -> Any:
+def open_backend(url: str, **options: Any) -> Backend:
     """Return the backend for ``url``, e.g. ``sqlite:///jobs.db``."""
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme == "sqlite":
@@ -19,12 +20,10 @@ def open_backend(url: str, **options: Any) -> Any:
         return SQLiteBackend(parse_path(url), **options)
     if scheme in PLANNED:
         raise UnsupportedBackend(
-            f"the {scheme}:// backend is not available in this release; "
-            "use sqlite:///path.db"
+            f"the {scheme}:// backend is not available in this release; use sqlite:///path.db"
         )
     raise UnsupportedBackend(
-        f"unsupported backend URL scheme {scheme!r} in {redact(url)!r}; "
-        "expected sqlite:///path.db"
+        f"unsupported backend URL scheme {scheme!r} in {redact(url)!r}; expected sqlite:///path.db"
     )
 
 

@@ -122,7 +122,9 @@ class SQLiteBackend:
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
         conn = sqlite3.connect(
-            self.path, timeout=min(self.busy_timeout, 5.0), isolation_level=None,
+            self.path,
+            timeout=min(self.busy_timeout, 5.0),
+            isolation_level=None,
             check_same_thread=False,
         )
         self._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
@@ -179,10 +181,10 @@ class SQLiteBackend:
                 raise
 
         self._retry_busy(create)
-        with self._write() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        with self._write() as txn:
+            row = txn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
-                conn.execute(
+                txn.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
@@ -225,8 +227,15 @@ class SQLiteBackend:
                     "INSERT INTO jobs (id, task, queue, state, created_at, eta, idempotency_key) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (j.message.id, j.task, queue, "queued", j.message.enqueued_at,
-                         j.message.ready_at, j.idempotency_key)
+                        (
+                            j.message.id,
+                            j.task,
+                            queue,
+                            "queued",
+                            j.message.enqueued_at,
+                            j.message.ready_at,
+                            j.idempotency_key,
+                        )
                         for j in fresh
                     ],
                 )
@@ -310,8 +319,16 @@ class SQLiteBackend:
             "INSERT INTO messages (id, queue, state, prio, order_at, due_at, enqueued_at, body) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (m.id, m.queue, READY if m.ready_at <= now else DELAYED, -m.priority,
-                 m.ready_at, None if m.ready_at <= now else m.ready_at, m.enqueued_at, m.body)
+                (
+                    m.id,
+                    m.queue,
+                    READY if m.ready_at <= now else DELAYED,
+                    -m.priority,
+                    m.ready_at,
+                    None if m.ready_at <= now else m.ready_at,
+                    m.enqueued_at,
+                    m.body,
+                )
                 for m in messages
             ],
         )
@@ -414,7 +431,9 @@ class SQLiteBackend:
         return True
 
     @staticmethod
-    def _update_job(conn: sqlite3.Connection, job_id: str, settlement: Settlement, now: float) -> None:
+    def _update_job(
+        conn: sqlite3.Connection, job_id: str, settlement: Settlement, now: float
+    ) -> None:
         update = settlement.job
         assert update is not None
         error = update.error or ErrorInfo("", "")
@@ -426,9 +445,17 @@ class SQLiteBackend:
             "error_traceback = coalesce(?, error_traceback), note = coalesce(?, note), "
             "finished_at = ?, expires_at = ?, attempts = attempts - ?, eta = ? WHERE id = ?",
             (
-                update.state.value, update.result, error.type, error.message, error.traceback,
-                update.note, now if final else None, now + update.retention if final else None,
-                0 if update.count_attempt else 1, now + settlement.delay, job_id,
+                update.state.value,
+                update.result,
+                error.type,
+                error.message,
+                error.traceback,
+                update.note,
+                now if final else None,
+                now + update.retention if final else None,
+                0 if update.count_attempt else 1,
+                now + settlement.delay,
+                job_id,
             ),
         )
 
@@ -445,8 +472,11 @@ class SQLiteBackend:
         ).fetchall()
         for message_id, queue, worker, deliveries in expired:
             logger.warning(
-                "lease expired, message redelivered message_id=%s queue=%s worker=%s "
-                "deliveries=%d", message_id, queue, worker, deliveries,
+                "lease expired, message redelivered message_id=%s queue=%s worker=%s deliveries=%d",
+                message_id,
+                queue,
+                worker,
+                deliveries,
             )
         if expired:
             conn.executemany(
@@ -485,9 +515,14 @@ class SQLiteBackend:
         cancel = self._start_jobs(conn, [row[1] for row in rows], now)
         return [
             Delivery(
-                message_id=message_id, queue=queue, body=body, fence=fence + 1,
-                lease_until=lease_until, delivery_count=deliveries + 1,
-                enqueued_at=enqueued_at, cancel_requested=message_id in cancel,
+                message_id=message_id,
+                queue=queue,
+                body=body,
+                fence=fence + 1,
+                lease_until=lease_until,
+                delivery_count=deliveries + 1,
+                enqueued_at=enqueued_at,
+                cancel_requested=message_id in cancel,
             )
             for _, message_id, queue, fence, deliveries, enqueued_at, body in rows
         ]
@@ -619,11 +654,16 @@ class SQLiteBackend:
             )[0]
             result.append(
                 QueueStats(
-                    name=name, ready=counts.get(READY, 0), delayed=counts.get(DELAYED, 0),
-                    running=counts.get(RESERVED, 0), dead=dead,
+                    name=name,
+                    ready=counts.get(READY, 0),
+                    delayed=counts.get(DELAYED, 0),
+                    running=counts.get(RESERVED, 0),
+                    dead=dead,
                     oldest_ready_age=None if oldest is None else max(now - oldest, 0.0),
-                    max_length=max_length if max_length is not None else 0, max_wait=max_wait,
-                    completed_last_minute=completed, enqueued_last_minute=enqueued,
+                    max_length=max_length if max_length is not None else 0,
+                    max_wait=max_wait,
+                    completed_last_minute=completed,
+                    enqueued_last_minute=enqueued,
                 )
             )
         return result
@@ -721,8 +761,21 @@ def _job_from_row(row: Sequence[Any], now: float) -> JobRecord:
         state = JobState.SCHEDULED
     error = ErrorInfo(row[11], row[12] or "", row[13]) if row[11] else None
     return JobRecord(
-        id=row[0], task=row[1], queue=row[2], state=state, attempts=row[4],
-        created_at=row[5], eta=row[6], started_at=row[7], finished_at=row[8],
-        expires_at=row[9], result=row[10], error=error, cancel_requested=bool(row[14]),
-        progress=row[15], progress_message=row[16], idempotency_key=row[17], note=row[18],
+        id=row[0],
+        task=row[1],
+        queue=row[2],
+        state=state,
+        attempts=row[4],
+        created_at=row[5],
+        eta=row[6],
+        started_at=row[7],
+        finished_at=row[8],
+        expires_at=row[9],
+        result=row[10],
+        error=error,
+        cancel_requested=bool(row[14]),
+        progress=row[15],
+        progress_message=row[16],
+        idempotency_key=row[17],
+        note=row[18],
     )

@@ -19,22 +19,45 @@ def _parse_json(value: str, option: str, kind: type) -> Any:
     except orjson.JSONDecodeError as exc:
         raise click.BadParameter(f"invalid JSON: {exc}", param_hint=option) from None
     if not isinstance(parsed, kind):
-        raise click.BadParameter(f"must be a JSON {'array' if kind is list else 'object'}", param_hint=option)
+        raise click.BadParameter(
+            f"must be a JSON {'array' if kind is list else 'object'}", param_hint=option
+        )
     return codec.from_json(parsed)
 
 
 @click.command()
 @click.argument("app_spec", metavar="APP_MODULE:APP")
 @click.argument("task")
-@click.option("--args", "args_json", default="[]", show_default=True, help="Positional arguments as a JSON array.")
-@click.option("--kwargs", "kwargs_json", default="{}", show_default=True, help="Keyword arguments as a JSON object.")
-@click.option("--delay", type=click.FloatRange(0), default=None, help="Seconds before the job may run.")
+@click.option(
+    "--args",
+    "args_json",
+    default="[]",
+    show_default=True,
+    help="Positional arguments as a JSON array.",
+)
+@click.option(
+    "--kwargs",
+    "kwargs_json",
+    default="{}",
+    show_default=True,
+    help="Keyword arguments as a JSON object.",
+)
+@click.option(
+    "--delay", type=click.FloatRange(0), default=None, help="Seconds before the job may run."
+)
 @click.option("--priority", type=int, default=None, help="Priority; higher runs first.")
-@click.option("--idempotency-key", default=None, help="Return the existing job if this key was used.")
+@click.option(
+    "--idempotency-key", default=None, help="Return the existing job if this key was used."
+)
 @user_errors
 def enqueue(
-    app_spec: str, task: str, args_json: str, kwargs_json: str, delay: float | None,
-    priority: int | None, idempotency_key: str | None,
+    app_spec: str,
+    task: str,
+    args_json: str,
+    kwargs_json: str,
+    delay: float | None,
+    priority: int | None,
+    idempotency_key: str | None,
 ) -> None:
     """Enqueue a call of TASK and print the job id."""
     app = import_app(app_spec)

@@ -21,8 +21,13 @@ def queues(app_spec: str) -> None:
     for stats in app.backend.stats():
         age = "-" if stats.oldest_ready_age is None else f"{stats.oldest_ready_age:.1f}s"
         table.add_row(
-            stats.name, str(stats.ready), str(stats.delayed), str(stats.running),
-            str(stats.dead), age, str(stats.max_length),
+            stats.name,
+            str(stats.ready),
+            str(stats.delayed),
+            str(stats.running),
+            str(stats.dead),
+            age,
+            str(stats.max_length),
         )
     Console().print(table)
 
@@ -35,7 +40,9 @@ def dead_letters() -> None:
 @dead_letters.command("list")
 @click.argument("app_spec", metavar="APP_MODULE:APP")
 @click.option("--queue", "-q", default="default", show_default=True, help="Queue to list.")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1), help="Most rows shown.")
+@click.option(
+    "--limit", default=100, show_default=True, type=click.IntRange(1), help="Most rows shown."
+)
 @user_errors
 def list_dead(app_spec: str, queue: str, limit: int) -> None:
     """List dead letters, oldest first, with the reason of each."""
@@ -50,7 +57,9 @@ def list_dead(app_spec: str, queue: str, limit: int) -> None:
 @dead_letters.command("retry")
 @click.argument("app_spec", metavar="APP_MODULE:APP")
 @click.argument("message_ids", nargs=-1)
-@click.option("--queue", "-q", default="default", show_default=True, help="Queue of the dead letters.")
+@click.option(
+    "--queue", "-q", default="default", show_default=True, help="Queue of the dead letters."
+)
 @click.option("--all", "retry_all", is_flag=True, help="Retry every dead letter of the queue.")
 @user_errors
 def retry_dead(app_spec: str, message_ids: tuple[str, ...], queue: str, retry_all: bool) -> None:
@@ -65,7 +74,9 @@ def retry_dead(app_spec: str, message_ids: tuple[str, ...], queue: str, retry_al
 @dead_letters.command("purge")
 @click.argument("app_spec", metavar="APP_MODULE:APP")
 @click.argument("message_ids", nargs=-1)
-@click.option("--queue", "-q", default="default", show_default=True, help="Queue of the dead letters.")
+@click.option(
+    "--queue", "-q", default="default", show_default=True, help="Queue of the dead letters."
+)
 @click.option("--all", "purge_all", is_flag=True, help="Delete every dead letter of the queue.")
 @user_errors
 def purge_dead(app_spec: str, message_ids: tuple[str, ...], queue: str, purge_all: bool) -> None:

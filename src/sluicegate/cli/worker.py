@@ -15,16 +15,46 @@ from sluicegate.worker import Worker
 
 @click.command()
 @click.argument("app_spec", metavar="APP_MODULE:APP")
-@click.option("--queues", "-q", default=None, help="Comma-separated queues to consume; default: every queue of the app's tasks.")
-@click.option("--concurrency", "-c", default=8, show_default=True, type=click.IntRange(1, 10_000), help="Jobs run at once.")
-@click.option("--processes", "-p", default=None, type=click.IntRange(1, 1024), help="Size of the process pool for pool='process' tasks; default: number of CPUs.")
-@click.option("--grace", default=30.0, show_default=True, type=click.FloatRange(0), help="Seconds running jobs get to finish after SIGTERM before they are given back.")
-def worker(app_spec: str, queues: str | None, concurrency: int, processes: int | None, grace: float) -> None:
+@click.option(
+    "--queues",
+    "-q",
+    default=None,
+    help="Comma-separated queues to consume; default: every queue of the app's tasks.",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Jobs run at once.",
+)
+@click.option(
+    "--processes",
+    "-p",
+    default=None,
+    type=click.IntRange(1, 1024),
+    help="Size of the process pool for pool='process' tasks; default: number of CPUs.",
+)
+@click.option(
+    "--grace",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds running jobs get to finish after SIGTERM before they are given back.",
+)
+def worker(
+    app_spec: str, queues: str | None, concurrency: int, processes: int | None, grace: float
+) -> None:
     """Run a worker for the app APP_MODULE:APP until SIGTERM or SIGINT."""
     app = import_app(app_spec)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     code = Worker(
-        app, queues=names, concurrency=concurrency, processes=processes, grace=grace,
+        app,
+        queues=names,
+        concurrency=concurrency,
+        processes=processes,
+        grace=grace,
         app_spec=app_spec,
     ).run()
     logging.shutdown()

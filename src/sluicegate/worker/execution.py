@@ -36,7 +36,9 @@ class RunOutcome:
     cancel_seen: bool = False
 
 
-def run_sync(task: Task[Any, Any], call: TaskCall, context: JobContext, max_size: int) -> RunOutcome:
+def run_sync(
+    task: Task[Any, Any], call: TaskCall, context: JobContext, max_size: int
+) -> RunOutcome:
     """Run a sync task function with ``context`` as the job context."""
     token = set_job_context(context)
     try:
@@ -92,7 +94,11 @@ def describe_error(exc: BaseException) -> ErrorInfo:
     if len(text) > MAX_TRACEBACK_CHARS:
         text = "...\n" + text[-MAX_TRACEBACK_CHARS:]
     kind = type(exc)
-    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
     return ErrorInfo(name, str(exc), text)
 
 
@@ -102,4 +108,3 @@ def timeout_outcome(task: Task[Any, Any], timeout: float, how: str) -> RunOutcom
     error = ErrorInfo("sluicegate.errors.TaskTimeout", message)
     retryable = issubclass(TaskTimeout, task.options.retry_on)
     return RunOutcome("error", error=error, retryable=retryable)
-

@@ -70,5 +70,6 @@ class Heartbeat:
                 if not ok:
                     logger.warning(
                         "lease lost, the job's outcome will be rejected job_id=%s fence=%d",
-                        delivery.message_id, delivery.fence,
+                        delivery.message_id,
+                        delivery.fence,
                     )

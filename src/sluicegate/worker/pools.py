@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 STOP_GRACE = 5.0
 
 
-class ChildDied(Exception):  # noqa: N818
+class ChildDied(Exception):
     """The child process running a call exited before returning a result."""
 
 
@@ -60,9 +60,7 @@ class ProcessPool:
         self._started = 0
         self._busy: set[_Child] = set()
 
-    async def run(
-        self, body: bytes, fence: int, attempt: int, timeout: float | None
-    ) -> RunOutcome:
+    async def run(self, body: bytes, fence: int, attempt: int, timeout: float | None) -> RunOutcome:
         """Run the task call in ``body`` in a child; kill the child after ``timeout`` s."""
         child = await self._acquire()
         self._busy.add(child)
@@ -148,7 +146,9 @@ def load_app(app_spec: str) -> Any:
     """Import ``module:attribute`` and return the attribute (an App)."""
     module_name, _, attribute = app_spec.partition(":")
     if not module_name or not attribute:
-        raise ConfigurationError(f"invalid app {app_spec!r}; expected MODULE:ATTRIBUTE, e.g. myapp:app")
+        raise ConfigurationError(
+            f"invalid app {app_spec!r}; expected MODULE:ATTRIBUTE, e.g. myapp:app"
+        )
     module = importlib.import_module(module_name)
     try:
         return getattr(module, attribute)

@@ -10,9 +10,9 @@ blocks the loop. Settling and reserving share one transaction per loop turn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from sluicegate.backends.base import Backend
 from sluicegate.broker import Action, Settlement
 from sluicegate.context import JobContext
 from sluicegate.errors import DecodeError, UnknownTask
@@ -91,7 +92,7 @@ class Worker:
         self._io = ThreadPoolExecutor(1, thread_name_prefix="sluicegate-io")
         self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="sluicegate-task")
         self._process_pool: ProcessPool | None = None
-        self.backend: Any = None
+        self.backend: Backend  # opened in serve(), with worker durability
 
     # -- life cycle
 
@@ -111,7 +112,10 @@ class Worker:
         heartbeat_task = asyncio.create_task(heartbeat.run())
         logger.info(
             "worker started worker=%s queues=%s concurrency=%d pid=%d",
-            self.name, ",".join(self.queues), self.concurrency, os.getpid(),
+            self.name,
+            ",".join(self.queues),
+            self.concurrency,
+            os.getpid(),
         )
         try:
             await self._loop()
@@ -148,8 +152,12 @@ class Worker:
                 await self._sleep(MAX_IDLE_WAIT)
                 continue
             settled, deliveries = await self._call(
-                self.backend.exchange, settlements, self.queues, max(free, 0),
-                self.app.lease, self.name,
+                self.backend.exchange,
+                settlements,
+                self.queues,
+                max(free, 0),
+                self.app.lease,
+                self.name,
             )
             self._after_settle(settlements, settled)
             for delivery in deliveries:
@@ -169,10 +177,8 @@ class Worker:
     async def _sleep(self, timeout: float) -> None:
         assert self._wake is not None
         if not self._wake.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
         self._wake.clear()
 
     def _poke(self) -> None:
@@ -207,7 +213,10 @@ class Worker:
         entry.context = self._context(task, call, delivery)
         logger.info(
             "job started job_id=%s task=%s queue=%s attempt=%d",
-            call.job_id, task.name, delivery.queue, delivery.delivery_count,
+            call.job_id,
+            task.name,
+            delivery.queue,
+            delivery.delivery_count,
         )
         entry.handle = asyncio.ensure_future(self._execute(entry, task, call))
         entry.handle.add_done_callback(lambda _: None)
@@ -317,7 +326,10 @@ class Worker:
         assert error is not None
         if not outcome.retryable:
             logger.info(
-                "job failed job_id=%s task=%s error=%s: %s", job_id, task.name, error.type,
+                "job failed job_id=%s task=%s error=%s: %s",
+                job_id,
+                task.name,
+                error.type,
                 error.message,
             )
             update = JobUpdate(JobState.FAILED, error=error, note=note, retention=retention)
@@ -325,7 +337,9 @@ class Worker:
         attempt = delivery.delivery_count
         if attempt >= task.options.max_attempts:
             reason = f"retries exhausted after {attempt} attempts: {error.type}: {error.message}"
-            logger.warning("job dead-lettered job_id=%s task=%s reason=%s", job_id, task.name, reason)
+            logger.warning(
+                "job dead-lettered job_id=%s task=%s reason=%s", job_id, task.name, reason
+            )
             update = JobUpdate(JobState.FAILED, error=error, note=reason, retention=retention)
             return Settlement(delivery, Action.DEAD, update, reason=reason)
         delay = outcome.retry_delay
@@ -333,7 +347,12 @@ class Worker:
             delay = task.options.backoff.delay(attempt)
         logger.warning(
             "job retried job_id=%s task=%s attempt=%d delay_s=%.3f error=%s: %s",
-            job_id, task.name, attempt, delay, error.type, error.message,
+            job_id,
+            task.name,
+            attempt,
+            delay,
+            error.type,
+            error.message,
         )
         update = JobUpdate(JobState.RETRYING, error=error, note=note, retention=retention)
         return Settlement(delivery, Action.RETRY, update, delay=max(delay, 0.0))
@@ -343,7 +362,8 @@ class Worker:
             if not ok:
                 logger.warning(
                     "settlement rejected, lease lost message_id=%s fence=%d action=%s",
-                    settlement.delivery.message_id, settlement.delivery.fence,
+                    settlement.delivery.message_id,
+                    settlement.delivery.fence,
                     settlement.action.value,
                 )
 
@@ -351,7 +371,9 @@ class Worker:
         reason = f"undeliverable: {exc}"
         logger.error(
             "message dead-lettered message_id=%s queue=%s reason=%s",
-            delivery.message_id, delivery.queue, reason,
+            delivery.message_id,
+            delivery.queue,
+            reason,
         )
         error = ErrorInfo(type(exc).__name__, str(exc))
         update = JobUpdate(JobState.FAILED, error=error, note=reason, retention=self.app.retention)
@@ -369,7 +391,10 @@ class Worker:
         self.running.pop(entry.delivery.message_id, None)
         logger.warning("job dead-lettered job_id=%s reason=%s", entry.delivery.message_id, reason)
         update = JobUpdate(
-            JobState.FAILED, error=error, note=reason, retention=entry.task.options.retention,
+            JobState.FAILED,
+            error=error,
+            note=reason,
+            retention=entry.task.options.retention,
             count_attempt=False,
         )
         self._pending.append(Settlement(entry.delivery, Action.DEAD, update, reason=reason))
@@ -387,7 +412,9 @@ class Worker:
         deadline = time.monotonic() + self.shutdown.grace
         logger.info(
             "worker stopping, waiting for running jobs worker=%s running=%d grace_s=%g",
-            self.name, len(self.running), self.shutdown.grace,
+            self.name,
+            len(self.running),
+            self.shutdown.grace,
         )
         while self.running and not self.shutdown.giving_back:
             if time.monotonic() >= deadline:
@@ -404,7 +431,11 @@ class Worker:
         if self._process_pool is not None:
             self._process_pool.kill_busy()
         for entry in list(self.running.values()):
-            if entry.handle is not None and entry.task is not None and entry.task.options.pool != "thread":
+            if (
+                entry.handle is not None
+                and entry.task is not None
+                and entry.task.options.pool != "thread"
+            ):
                 entry.handle.cancel()
             self._give_back(entry)
 
@@ -413,9 +444,12 @@ class Worker:
             return
         logger.warning(
             "job given back at shutdown job_id=%s attempt=%d",
-            entry.delivery.message_id, entry.delivery.delivery_count,
+            entry.delivery.message_id,
+            entry.delivery.delivery_count,
         )
-        update = JobUpdate(JobState.QUEUED, note="given back at worker shutdown", count_attempt=False)
+        update = JobUpdate(
+            JobState.QUEUED, note="given back at worker shutdown", count_attempt=False
+        )
         self._pending.append(Settlement(entry.delivery, Action.RELEASE, update))
 
     async def _flush(self) -> None:
