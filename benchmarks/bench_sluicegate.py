@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import os
 import sqlite3
 from pathlib import Path
 from types import ModuleType
 
 from bench_common import connect_read_only, console_script, load_module_from_file
+
+from sluicegate.backends._wakeup import channel_dir
 
 MODULE_NAME = "sluicegate_bench_tasks"
 QUEUE = "bench"
@@ -59,6 +63,8 @@ class SluicegateAdapter:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._db_path is not None:
+            remove_wakeup_dirs(self._db_path)
 
     @property
     def module(self) -> ModuleType:
@@ -133,3 +139,16 @@ class SluicegateAdapter:
             self._reader = connect_read_only(self._db_path)
         row: tuple[object, ...] = self._reader.execute(sql, params).fetchone()
         return row
+
+
+def remove_wakeup_dirs(db_path: Path) -> None:
+    """Remove the wake-up socket directories of db_path if they are empty.
+
+    sluicegate creates them in the system temporary directory, one pair per database file,
+    and leaves them behind; a benchmark run would otherwise leave ten of them.
+    """
+    # NOTE: channel_dir comes from a private module, so this breaks if sluicegate moves it.
+    base = channel_dir(str(db_path))
+    for path in (base, base + "-results"):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)

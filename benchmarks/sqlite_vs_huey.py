@@ -259,13 +259,20 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def describe_machine(root: Path) -> list[str]:
+def describe_machine(root: Path, load_before: tuple[float, float, float]) -> list[str]:
+    load_after = os.getloadavg()
     return [
         f"CPUs available: {len(platform_cpus())}, model: {cpu_model()}",
         f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
         f"{platform.system()} {platform.release()}",
         f"temporary directories under {root}",
+        f"load average (1, 5, 15 min) before: {format_load(load_before)}, "
+        f"after: {format_load(load_after)}",
     ]
+
+
+def format_load(load: tuple[float, float, float]) -> str:
+    return " ".join(f"{value:.2f}" for value in load)
 
 
 def platform_cpus() -> set[int]:
@@ -392,14 +399,19 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), separator, *(line(row) for row in rows)])
 
 
-def print_report(results: dict[str, Figures], options: argparse.Namespace, root: Path) -> None:
+def print_report(
+    results: dict[str, Figures],
+    options: argparse.Namespace,
+    root: Path,
+    load_before: tuple[float, float, float],
+) -> None:
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
     print(
         f"jobs={options.jobs} bulk-batch={options.bulk_batch} drain-jobs={options.drain_jobs} "
         f"round-trips={options.round_trips} warmup={options.warmup} "
         f"idle-seconds={options.idle_seconds:g}"
     )
-    for line in describe_machine(root):
+    for line in describe_machine(root, load_before):
         print(line)
     for figures in results.values():
         print(f"{figures.name} {figures.version}")
@@ -487,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
     signal.signal(signal.SIGTERM, exit_on_sigterm)
     names = [options.only] if options.only else ["sluicegate", "huey"]
+    load_before = os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="sluicegate-bench-", dir=options.tmp_dir))
     results: dict[str, Figures] = {}
     try:
@@ -498,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"temporary directories kept in {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-    print_report(results, options, root)
+    print_report(results, options, root, load_before)
     return 0
 
 

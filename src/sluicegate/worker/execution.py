@@ -39,7 +39,13 @@ class RunOutcome:
 def run_sync(
     task: Task[Any, Any], call: TaskCall, context: JobContext, max_size: int
 ) -> RunOutcome:
-    """Run a sync task function with ``context`` as the job context."""
+    """Run a sync task function with ``context`` as the job context.
+
+    A job whose cancellation was requested while it waited for a thread
+    does not run.
+    """
+    if context._cancel_requested:
+        return RunOutcome("cancelled")
     token = set_job_context(context)
     try:
         value = task.fn(*call.args, **call.kwargs)

@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import os
 import sys
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -60,9 +61,23 @@ class ProcessPool:
         self._started = 0
         self._busy: set[_Child] = set()
 
-    async def run(self, body: bytes, fence: int, attempt: int, timeout: float | None) -> RunOutcome:
-        """Run the task call in ``body`` in a child; kill the child after ``timeout`` s."""
+    async def run(
+        self,
+        body: bytes,
+        fence: int,
+        attempt: int,
+        timeout: float | None,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> RunOutcome:
+        """Run the task call in ``body`` in a child; kill the child after ``timeout`` s.
+
+        ``cancelled`` is checked once a child is free, just before the call
+        starts: if it returns true the call does not run.
+        """
         child = await self._acquire()
+        if cancelled():
+            self._release(child)
+            return RunOutcome("cancelled")
         self._busy.add(child)
         loop = asyncio.get_running_loop()
         try:

@@ -238,7 +238,7 @@ class Worker:
             if task.options.pool == "async":
                 outcome = await self._run_async(task, call, entry.context, timeout)
             elif task.options.pool == "process":
-                outcome = await self._run_process(task, entry.delivery, timeout)
+                outcome = await self._run_process(task, entry.delivery, entry.context, timeout)
             else:
                 outcome = await self._run_thread(task, call, entry.context, timeout)
         except asyncio.CancelledError:
@@ -285,7 +285,7 @@ class Worker:
         self._poke()
 
     async def _run_process(
-        self, task: Task[Any, Any], delivery: Delivery, timeout: float | None
+        self, task: Task[Any, Any], delivery: Delivery, context: JobContext, timeout: float | None
     ) -> RunOutcome:
         if self._process_pool is None:
             if self.app_spec is None:
@@ -293,7 +293,11 @@ class Worker:
             self._process_pool = ProcessPool(self.processes, self.app_spec)
         try:
             return await self._process_pool.run(
-                delivery.body, delivery.fence, delivery.delivery_count, timeout
+                delivery.body,
+                delivery.fence,
+                delivery.delivery_count,
+                timeout,
+                cancelled=lambda: context.cancelled,
             )
         except TimeoutError:
             return timeout_outcome(task, timeout or 0.0, "its process was killed")
