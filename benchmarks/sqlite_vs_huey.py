@@ -55,8 +55,6 @@ RSS_SAMPLE_INTERVAL_S = 0.1
 UNTIMED_ENQUEUES = 10
 IDLE_SETTLE_S = 1.0
 WORKER_START_TIMEOUT_S = 60.0
-# Each phase gets its own subdirectory, and so its own database file.
-PHASES = ("describe", "enqueue-one", "enqueue-bulk", "drain", "round-trip")
 
 BULK_TARGET_JOBS_PER_S = 50_000
 ROUND_TRIP_P50_TARGET_MS = 5.0
@@ -72,14 +70,22 @@ class Figures:
     version: str
     storage: str = ""
     worker: str = ""
-    enqueue_one_per_s: float | None = None
-    enqueue_bulk_per_s: float | None = None
+    enqueue_one_rates: list[float] = field(default_factory=list)
+    enqueue_bulk_rates: list[float] = field(default_factory=list)
     drain_per_s: float | None = None
     drain_seconds: float | None = None
     peak_rss_bytes: int | None = None
     rss_samples: int = 0
     round_trip_ms: list[float] = field(default_factory=list)
     idle_cpu_percent: float | None = None
+
+    @property
+    def enqueue_one_per_s(self) -> float | None:
+        return statistics.median(self.enqueue_one_rates) if self.enqueue_one_rates else None
+
+    @property
+    def enqueue_bulk_per_s(self) -> float | None:
+        return statistics.median(self.enqueue_bulk_rates) if self.enqueue_bulk_rates else None
 
     def round_trip_percentile(self, percent: int) -> float | None:
         if len(self.round_trip_ms) < 2:
@@ -208,35 +214,44 @@ def measure_round_trips_and_idle(
 def measure(adapter: QueueAdapter, root: Path, options: argparse.Namespace) -> Figures:
     figures = Figures(name=adapter.name, version=adapter.version)
     directory = Path(tempfile.mkdtemp(prefix=f"{adapter.name}-", dir=root))
-    for phase in PHASES:
-        (directory / phase).mkdir()
 
-    adapter.open(directory / "describe")
+    def phase_directory(name: str) -> Path:
+        # Each phase gets its own subdirectory, and so its own database file.
+        path = directory / name
+        path.mkdir()
+        return path
+
+    adapter.open(phase_directory("describe"))
     try:
         figures.storage = adapter.describe_storage()
         figures.worker = adapter.describe_worker()
     finally:
         adapter.close()
 
-    log(f"{adapter.name}: enqueue {options.jobs} jobs one by one")
-    figures.enqueue_one_per_s = measure_enqueue_one(
-        adapter, directory / "enqueue-one", options.jobs
-    )
+    log(f"{adapter.name}: enqueue {options.jobs} jobs one by one, {options.repeat} times")
+    for run in range(options.repeat):
+        rate = measure_enqueue_one(adapter, phase_directory(f"enqueue-one-{run}"), options.jobs)
+        figures.enqueue_one_rates.append(rate)
 
     if adapter.has_bulk_enqueue:
-        log(f"{adapter.name}: enqueue {options.jobs} jobs in batches of {options.bulk_batch}")
-        figures.enqueue_bulk_per_s = measure_enqueue_bulk(
-            adapter, directory / "enqueue-bulk", options.jobs, options.bulk_batch
+        log(
+            f"{adapter.name}: enqueue {options.jobs} jobs in batches of {options.bulk_batch}, "
+            f"{options.repeat} times"
         )
+        for run in range(options.repeat):
+            rate = measure_enqueue_bulk(
+                adapter, phase_directory(f"enqueue-bulk-{run}"), options.jobs, options.bulk_batch
+            )
+            figures.enqueue_bulk_rates.append(rate)
 
     log(f"{adapter.name}: drain {options.drain_jobs} jobs through one worker")
-    measure_drain(adapter, directory / "drain", options.drain_jobs, options.timeout, figures)
+    measure_drain(adapter, phase_directory("drain"), options.drain_jobs, options.timeout, figures)
 
     log(
         f"{adapter.name}: {options.round_trips} round trips after {options.warmup} warm-up, "
         f"then {options.idle_seconds:g} s idle"
     )
-    measure_round_trips_and_idle(adapter, directory / "round-trip", options, figures)
+    measure_round_trips_and_idle(adapter, phase_directory("round-trip"), options, figures)
     return figures
 
 
@@ -285,6 +300,10 @@ def format_number(value: float | None, digits: int = 0) -> str:
     if value is None:
         return "-"
     return f"{value:,.{digits}f}"
+
+
+def format_rates(rates: list[float]) -> str:
+    return ", ".join(format_number(rate) for rate in rates)
 
 
 def format_ratio(ours: float | None, theirs: float | None) -> str:
@@ -407,7 +426,8 @@ def print_report(
 ) -> None:
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
     print(
-        f"jobs={options.jobs} bulk-batch={options.bulk_batch} drain-jobs={options.drain_jobs} "
+        f"jobs={options.jobs} repeat={options.repeat} bulk-batch={options.bulk_batch} "
+        f"drain-jobs={options.drain_jobs} "
         f"round-trips={options.round_trips} warmup={options.warmup} "
         f"idle-seconds={options.idle_seconds:g}"
     )
@@ -417,6 +437,10 @@ def print_report(
         print(f"{figures.name} {figures.version}")
         print(f"  storage: {figures.storage}")
         print(f"  worker: {figures.worker}")
+        if figures.enqueue_one_rates:
+            print(f"  one-by-one enqueue runs (jobs/s): {format_rates(figures.enqueue_one_rates)}")
+        if figures.enqueue_bulk_rates:
+            print(f"  bulk enqueue runs (jobs/s): {format_rates(figures.enqueue_bulk_rates)}")
         if figures.drain_seconds is not None:
             print(
                 f"  drain took {figures.drain_seconds:.2f} s from spawn; "
@@ -434,6 +458,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument(
         "--jobs", type=int, default=5000, help="jobs per enqueue measurement (default 5000)"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of each enqueue measurement, each on a new database; the median is "
+        "reported (default 3)",
     )
     parser.add_argument(
         "--bulk-batch",
@@ -480,7 +511,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keep the temporary directories, with the worker logs, instead of deleting them",
     )
     options = parser.parse_args(argv)
-    for name in ("jobs", "bulk_batch", "drain_jobs", "round_trips", "warmup"):
+    for name in ("jobs", "repeat", "bulk_batch", "drain_jobs", "round_trips", "warmup"):
         if getattr(options, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if options.idle_seconds <= 0:

@@ -49,7 +49,11 @@ class Settlement:
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    """A snapshot of one queue. Ages and rates are in seconds and per second."""
+    """A snapshot of one queue.
+
+    ``oldest_ready_age`` is in seconds. The rates are messages per second
+    over the last 30 to 60 seconds; completions count acks and dead letters.
+    """
 
     name: str
     ready: int
@@ -59,8 +63,8 @@ class QueueStats:
     oldest_ready_age: float | None
     max_length: int
     max_wait: float | None
-    completed_last_minute: int = 0
-    enqueued_last_minute: int = 0
+    enqueue_rate: float = 0.0
+    completion_rate: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

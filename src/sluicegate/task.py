@@ -65,6 +65,7 @@ class Task(Generic[P, R]):
         self.options = options
         self.signature = inspect.signature(fn)
         self.is_async = inspect.iscoroutinefunction(fn)
+        self._positional_range = _positional_range(self.signature)
 
     @property
     def name(self) -> str:
@@ -168,12 +169,25 @@ class Task(Generic[P, R]):
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise ``TypeError`` naming the task if the call does not fit its signature."""
+        bounds = self._positional_range
+        if bounds is not None and not kwargs and bounds[0] <= len(args) <= bounds[1]:
+            return  # Only plain positional parameters, and the count fits: nothing to bind.
         try:
             self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(
                 f"invalid arguments for task {self.name}{self.signature}: {exc}"
             ) from None
+
+
+def _positional_range(signature: inspect.Signature) -> tuple[int, int] | None:
+    """Return the (min, max) positional argument counts of a plain signature, else None."""
+    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    parameters = list(signature.parameters.values())
+    if any(p.kind not in plain for p in parameters):
+        return None
+    required = sum(1 for p in parameters if p.default is inspect.Parameter.empty)
+    return required, len(parameters)
 
 
 def ready_time(now: float, delay: float | dt.timedelta | None, eta: dt.datetime | None) -> float:

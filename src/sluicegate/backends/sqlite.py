@@ -52,8 +52,7 @@ from sluicegate.store import ErrorInfo, JobRecord, JobState, NewJob
 
 logger = logging.getLogger(__name__)
 
-#: Seconds of the window that rates and ``retry_after`` are computed over.
-RATE_WINDOW = 60.0
+_RATE_COLUMNS = "bucket, enqueued_now, enqueued_before, completed_now, completed_before"
 
 _JOB_COLUMNS = (
     "id, task, queue, state, attempts, created_at, eta, started_at, finished_at, expires_at, "
@@ -225,13 +224,12 @@ class SQLiteBackend:
                 self._insert_messages(conn, [job.message for job in fresh], now)
                 conn.executemany(
                     "INSERT INTO jobs (id, task, queue, state, created_at, eta, idempotency_key) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, 'queued', ?, ?, ?)",
                     [
                         (
                             j.message.id,
                             j.task,
                             queue,
-                            "queued",
                             j.message.enqueued_at,
                             j.message.ready_at,
                             j.idempotency_key,
@@ -239,6 +237,11 @@ class SQLiteBackend:
                         for j in fresh
                     ],
                 )
+                keyed = [(j.idempotency_key, j.message.id) for j in fresh if j.idempotency_key]
+                if keyed:
+                    conn.executemany(
+                        "INSERT INTO idempotency_keys (key, job_id) VALUES (?, ?)", keyed
+                    )
         if fresh and any(j.message.ready_at <= now for j in fresh):
             self._notifier.notify()
         return results
@@ -265,7 +268,7 @@ class SQLiteBackend:
             existing = seen.get(key) if key is not None else None
             if key is not None and existing is None:
                 row = conn.execute(
-                    "SELECT id FROM jobs WHERE idempotency_key = ?", (key,)
+                    "SELECT job_id FROM idempotency_keys WHERE key = ?", (key,)
                 ).fetchone()
                 existing = row[0] if row else None
             if existing is not None:
@@ -280,13 +283,12 @@ class SQLiteBackend:
     def _admit(
         self, conn: sqlite3.Connection, queue: str, count: int, bounds: QueueBounds, now: float
     ) -> None:
-        conn.execute(
+        (length,) = conn.execute(
             "INSERT INTO queues (name, max_length, max_wait) VALUES (?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET max_length = excluded.max_length, "
-            "max_wait = excluded.max_wait",
+            "max_wait = excluded.max_wait RETURNING length",
             (queue, bounds.max_length, bounds.max_wait),
-        )
-        (length,) = conn.execute("SELECT length FROM queues WHERE name = ?", (queue,)).fetchone()
+        ).fetchone()
         if length + count > bounds.max_length:
             excess = length + count - bounds.max_length
             raise QueueFull(
@@ -299,11 +301,9 @@ class SQLiteBackend:
                 raise QueueFull(queue, "max_wait", bounds.max_wait, retry_after)
 
     def _retry_after(self, conn: sqlite3.Connection, queue: str, excess: int, now: float) -> float:
-        completed = conn.execute(
-            "SELECT coalesce(sum(completed), 0) FROM activity WHERE queue = ? AND bucket >= ?",
-            (queue, _bucket(now - RATE_WINDOW)),
-        ).fetchone()[0]
-        return estimate_retry_after(excess, completed, RATE_WINDOW)
+        row = conn.execute(f"SELECT {_RATE_COLUMNS} FROM queues WHERE name = ?", (queue,))
+        _, completed, window = _recent_counts(row.fetchone(), now)
+        return estimate_retry_after(excess, completed, window)
 
     @staticmethod
     def _oldest_ready(conn: sqlite3.Connection, queue: str) -> float | None:
@@ -338,11 +338,18 @@ class SQLiteBackend:
     def _count(
         conn: sqlite3.Connection, queue: str, now: float, enqueued: int = 0, completed: int = 0
     ) -> None:
+        # SQLite evaluates every SET expression on the row's old values, so the
+        # bucket comparisons below all see the bucket before this update.
         conn.execute(
-            "INSERT INTO activity (queue, bucket, enqueued, completed) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (queue, bucket) DO UPDATE SET enqueued = enqueued + excluded.enqueued, "
-            "completed = completed + excluded.completed",
-            (queue, _bucket(now), enqueued, completed),
+            "UPDATE queues SET "
+            "enqueued_before = CASE bucket WHEN :b THEN enqueued_before "
+            "  WHEN :b - 1 THEN enqueued_now ELSE 0 END, "
+            "completed_before = CASE bucket WHEN :b THEN completed_before "
+            "  WHEN :b - 1 THEN completed_now ELSE 0 END, "
+            "enqueued_now = (CASE bucket WHEN :b THEN enqueued_now ELSE 0 END) + :e, "
+            "completed_now = (CASE bucket WHEN :b THEN completed_now ELSE 0 END) + :c, "
+            "bucket = :b WHERE name = :q",
+            {"b": _bucket(now), "e": enqueued, "c": completed, "q": queue},
         )
 
     # -- reserve, settle, extend
@@ -380,6 +387,7 @@ class SQLiteBackend:
         requeued = False
         with self._write() as conn:
             settled = [self._settle_one(conn, s, now) for s in settlements]
+            self._count_completed(conn, settlements, settled, now)
             requeued = any(
                 ok and s.action in (Action.RETRY, Action.RELEASE)
                 for ok, s in zip(settled, settlements, strict=True)
@@ -424,11 +432,24 @@ class SQLiteBackend:
             )
         if cursor.rowcount != 1:
             return False
-        if action in (Action.ACK, Action.DEAD):
-            self._count(conn, delivery.queue, now, completed=1)
         if settlement.job is not None:
             self._update_job(conn, delivery.message_id, settlement, now)
         return True
+
+    def _count_completed(
+        self,
+        conn: sqlite3.Connection,
+        settlements: Sequence[Settlement],
+        settled: Sequence[bool],
+        now: float,
+    ) -> None:
+        completed: dict[str, int] = {}
+        for settlement, ok in zip(settlements, settled, strict=True):
+            if ok and settlement.action in (Action.ACK, Action.DEAD):
+                queue = settlement.delivery.queue
+                completed[queue] = completed.get(queue, 0) + 1
+        for queue, count in completed.items():
+            self._count(conn, queue, now, completed=count)
 
     @staticmethod
     def _update_job(
@@ -500,7 +521,7 @@ class SQLiteBackend:
             if len(rows) >= limit:
                 break
             rows += conn.execute(
-                f"SELECT seq, id, queue, fence, deliveries, enqueued_at, body FROM messages "
+                f"SELECT id, queue, fence, deliveries, enqueued_at, body FROM messages "
                 f"WHERE queue = ? AND state = {READY} ORDER BY prio, order_at LIMIT ?",
                 (queue, limit - len(rows)),
             ).fetchall()
@@ -509,10 +530,10 @@ class SQLiteBackend:
         lease_until = now + lease
         conn.executemany(
             f"UPDATE messages SET state = {RESERVED}, due_at = ?, fence = fence + 1, "
-            f"deliveries = deliveries + 1, worker = ? WHERE seq = ?",
+            f"deliveries = deliveries + 1, worker = ? WHERE id = ?",
             [(lease_until, worker, row[0]) for row in rows],
         )
-        cancel = self._start_jobs(conn, [row[1] for row in rows], now)
+        cancel = self._start_jobs(conn, [row[0] for row in rows], now)
         return [
             Delivery(
                 message_id=message_id,
@@ -524,7 +545,7 @@ class SQLiteBackend:
                 enqueued_at=enqueued_at,
                 cancel_requested=message_id in cancel,
             )
-            for _, message_id, queue, fence, deliveries, enqueued_at, body in rows
+            for message_id, queue, fence, deliveries, enqueued_at, body in rows
         ]
 
     @staticmethod
@@ -623,8 +644,12 @@ class SQLiteBackend:
     def purge_expired(self, now: float | None = None) -> int:
         now = self.clock() if now is None else now
         with self._write() as conn:
+            conn.execute(
+                "DELETE FROM idempotency_keys WHERE job_id IN "
+                "(SELECT id FROM jobs WHERE expires_at <= ?)",
+                (now,),
+            )
             deleted = conn.execute("DELETE FROM jobs WHERE expires_at <= ?", (now,)).rowcount
-            conn.execute("DELETE FROM activity WHERE bucket < ?", (_bucket(now - 3600),))
         if deleted:
             logger.info("expired job records purged count=%d path=%s", deleted, self.path)
         return int(deleted)
@@ -635,10 +660,12 @@ class SQLiteBackend:
         now = self.clock()
         where, params = ("WHERE name = ?", (queue,)) if queue else ("", ())
         queue_rows = self._read(
-            f"SELECT name, dead, max_length, max_wait FROM queues {where} ORDER BY name", params
+            f"SELECT name, dead, max_length, max_wait, {_RATE_COLUMNS} FROM queues {where} "
+            "ORDER BY name",
+            params,
         )
         result = []
-        for name, dead, max_length, max_wait in queue_rows:
+        for name, dead, max_length, max_wait, *rate_row in queue_rows:
             counts = dict(
                 self._read(
                     "SELECT state, count(*) FROM messages WHERE queue = ? GROUP BY state", (name,)
@@ -647,11 +674,7 @@ class SQLiteBackend:
             oldest = self._read(
                 f"SELECT min(order_at) FROM messages WHERE queue = ? AND state = {READY}", (name,)
             )[0][0]
-            enqueued, completed = self._read(
-                "SELECT coalesce(sum(enqueued), 0), coalesce(sum(completed), 0) FROM activity "
-                "WHERE queue = ? AND bucket >= ?",
-                (name, _bucket(now - RATE_WINDOW)),
-            )[0]
+            enqueued, completed, window = _recent_counts(rate_row, now)
             result.append(
                 QueueStats(
                     name=name,
@@ -662,8 +685,8 @@ class SQLiteBackend:
                     oldest_ready_age=None if oldest is None else max(now - oldest, 0.0),
                     max_length=max_length if max_length is not None else 0,
                     max_wait=max_wait,
-                    completed_last_minute=completed,
-                    enqueued_last_minute=enqueued,
+                    enqueue_rate=enqueued / window,
+                    completion_rate=completed / window,
                 )
             )
         return result
@@ -739,6 +762,22 @@ class SQLiteBackend:
 
 def _bucket(now: float) -> int:
     return int(now // BUCKET_SECONDS)
+
+
+def _recent_counts(row: Sequence[Any], now: float) -> tuple[int, int, float]:
+    """Return messages enqueued and completed over the recent window, and its seconds.
+
+    The window is the previous rate bucket and the elapsed part of the
+    current one: between one and two bucket widths.
+    """
+    bucket, enqueued_now, enqueued_before, completed_now, completed_before = row
+    current = _bucket(now)
+    window = BUCKET_SECONDS + (now - current * BUCKET_SECONDS)
+    if bucket == current:
+        return enqueued_now + enqueued_before, completed_now + completed_before, window
+    if bucket == current - 1:
+        return enqueued_now, completed_now, window
+    return 0, 0, window
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:

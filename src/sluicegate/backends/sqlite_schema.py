@@ -22,22 +22,30 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 
+-- bucket, enqueued_*, completed_*: counts in the current and the previous
+-- BUCKET_SECONDS-wide time bucket, for rates and the retry-after estimate.
+-- They live in the queue's row, which every enqueue and settle writes anyway.
 CREATE TABLE IF NOT EXISTS queues (
     name TEXT PRIMARY KEY,
     length INTEGER NOT NULL DEFAULT 0,   -- ready + delayed + reserved messages
     dead INTEGER NOT NULL DEFAULT 0,
     max_length INTEGER,                  -- the bound last declared, for display
-    max_wait REAL
-);
+    max_wait REAL,
+    bucket INTEGER NOT NULL DEFAULT 0,
+    enqueued_now INTEGER NOT NULL DEFAULT 0,
+    enqueued_before INTEGER NOT NULL DEFAULT 0,
+    completed_now INTEGER NOT NULL DEFAULT 0,
+    completed_before INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 
 -- state: {READY} ready, {RESERVED} reserved, {DELAYED} delayed, {DEAD} dead.
 -- prio is the negated priority, so ascending index order serves the highest first.
 -- order_at is the time the message became ready: FIFO order within a priority.
 -- due_at is the ready time of a delayed message and the lease expiry of a reserved one.
 -- fence grows at each delivery; settling with an older fence is rejected.
+-- Ids are time-ordered UUIDv7s, so they break ties of order_at in FIFO order.
 CREATE TABLE IF NOT EXISTS messages (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
+    id TEXT PRIMARY KEY,
     queue TEXT NOT NULL,
     state INTEGER NOT NULL,
     prio INTEGER NOT NULL,
@@ -50,7 +58,7 @@ CREATE TABLE IF NOT EXISTS messages (
     reason TEXT,
     dead_at REAL,
     body BLOB NOT NULL
-);
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, state, prio, order_at);
 CREATE INDEX IF NOT EXISTS messages_due ON messages (state, due_at) WHERE due_at IS NOT NULL;
 
@@ -88,20 +96,18 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     progress REAL,
     progress_message TEXT,
-    idempotency_key TEXT UNIQUE,
+    idempotency_key TEXT,
     note TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at) WHERE expires_at IS NOT NULL;
 
--- Per-queue counts in 5-second buckets, for rates and the retry-after estimate.
-CREATE TABLE IF NOT EXISTS activity (
-    queue TEXT NOT NULL,
-    bucket INTEGER NOT NULL,
-    enqueued INTEGER NOT NULL DEFAULT 0,
-    completed INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (queue, bucket)
+-- Idempotency keys, in a table of their own so that jobs without a key
+-- cost no index entry. A key lives as long as its job's record.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL
 ) WITHOUT ROWID;
 """
 
-#: Width in seconds of one ``activity`` bucket.
-BUCKET_SECONDS = 5
+#: Width in seconds of one rate bucket in ``queues``.
+BUCKET_SECONDS = 30

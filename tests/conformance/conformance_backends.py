@@ -1,0 +1,106 @@
+"""Backends the conformance suite runs against, and helpers to build messages and jobs.
+
+Each entry of ``FACTORIES`` turns a test's tmp_path into a ``BackendTarget``:
+the location of a fresh, empty backend. A factory for a server backend
+(Redis, PostgreSQL, ...) checks that its server answers on loopback and
+raises ``BackendUnavailable`` naming it otherwise; the ``backend`` fixture
+then skips, or fails when the ``CI`` environment variable is set.
+
+Adding a backend means adding one factory here and one branch in
+``BackendTarget.open``. The backend must accept ``clock=callable``, because
+the suite moves time forward instead of sleeping.
+
+This module is imported by name (not as a conftest) so that producer
+processes started with the ``spawn`` method can unpickle a target.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sluicegate.backends._wakeup import channel_dir
+from sluicegate.backends.base import Backend
+from sluicegate.message import OutgoingMessage, new_id
+from sluicegate.store import NewJob
+
+#: Unix time at which every test's clock starts.
+START_TIME = 1_700_000_000.0
+
+
+class BackendUnavailable(Exception):
+    """The server a backend needs does not answer; the message names the backend."""
+
+
+class FakeClock:
+    """A clock that moves only when a test calls ``advance``; returns Unix seconds."""
+
+    def __init__(self, start: float = START_TIME) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        """Move the clock forward by ``seconds`` and return the new time."""
+        self.now += seconds
+        return self.now
+
+
+@dataclass(frozen=True)
+class BackendTarget:
+    """Where one test's backend lives: its kind and a file path or server URL."""
+
+    kind: str
+    location: str
+
+    def open(self, clock: Callable[[], float] = time.time) -> Backend:
+        """Open a new connection to the backend, reading time from ``clock``."""
+        if self.kind == "sqlite":
+            from sluicegate.backends.sqlite import SQLiteBackend
+
+            return SQLiteBackend(self.location, clock=clock)
+        raise ValueError(f"no opener for backend kind {self.kind!r}")
+
+    def cleanup(self) -> None:
+        """Remove what the backend left outside tmp_path."""
+        if self.kind == "sqlite":
+            directory = channel_dir(self.location)
+            for path in (directory, directory + "-results"):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def sqlite_target(tmp_path: Path) -> BackendTarget:
+    return BackendTarget("sqlite", str(tmp_path / "conformance.db"))
+
+
+#: Backend name (the test id) to the factory of a fresh target.
+FACTORIES: dict[str, Callable[[Path], BackendTarget]] = {
+    "sqlite": sqlite_target,
+}
+
+
+def message(
+    clock: Callable[[], float],
+    queue: str = "q",
+    body: bytes = b"{}",
+    priority: int = 0,
+    delay: float = 0.0,
+) -> OutgoingMessage:
+    """Build a plain message that becomes ready ``delay`` seconds after ``clock()``."""
+    now = clock()
+    return OutgoingMessage(new_id(), queue, body, priority, now + delay, now)
+
+
+def job(
+    clock: Callable[[], float],
+    queue: str = "q",
+    delay: float = 0.0,
+    idempotency_key: str | None = None,
+    task: str = "tests.task",
+) -> NewJob:
+    """Build a job whose message becomes ready ``delay`` seconds after ``clock()``."""
+    return NewJob(message(clock, queue, delay=delay), task, idempotency_key)
