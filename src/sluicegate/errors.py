@@ -113,6 +113,10 @@ class PayloadTooLarge(SluicegateError, ValueError):
         super().__init__(f"{what} is {size} bytes, over the limit of {limit} bytes")
 
 
+class InvalidArguments(SluicegateError, TypeError):
+    """The arguments of an enqueue do not fit the task function's signature."""
+
+
 class UnknownTask(SluicegateError, LookupError):
     """No task with this name is registered on the app."""
 

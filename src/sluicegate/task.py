@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
-from sluicegate.errors import ConfigurationError
+from sluicegate.errors import ConfigurationError, InvalidArguments
 from sluicegate.message import OutgoingMessage, encode_task_call, new_id
 from sluicegate.retry import Backoff
 from sluicegate.store import NewJob
@@ -168,14 +168,14 @@ class Task(Generic[P, R]):
         return NewJob(message, self.name, _check_key(idempotency_key))
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
-        """Raise ``TypeError`` naming the task if the call does not fit its signature."""
+        """Raise ``InvalidArguments`` (a ``TypeError``) if the call does not fit the signature."""
         bounds = self._positional_range
         if bounds is not None and not kwargs and bounds[0] <= len(args) <= bounds[1]:
             return  # Only plain positional parameters, and the count fits: nothing to bind.
         try:
             self.signature.bind(*args, **kwargs)
         except TypeError as exc:
-            raise TypeError(
+            raise InvalidArguments(
                 f"invalid arguments for task {self.name}{self.signature}: {exc}"
             ) from None
 
@@ -196,7 +196,7 @@ def ready_time(now: float, delay: float | dt.timedelta | None, eta: dt.datetime 
         raise ConfigurationError("pass either delay or eta, not both")
     if eta is not None:
         if not isinstance(eta, dt.datetime):
-            raise TypeError(f"eta must be a datetime, got {type(eta).__name__}")
+            raise ConfigurationError(f"eta must be a datetime, got {type(eta).__name__}")
         if eta.tzinfo is None or eta.tzinfo.utcoffset(eta) is None:
             raise ConfigurationError(
                 f"eta {eta.isoformat()} has no time zone; pass an aware datetime, "
@@ -213,7 +213,7 @@ def ready_time(now: float, delay: float | dt.timedelta | None, eta: dt.datetime 
 
 def _check_priority(priority: int) -> int:
     if not isinstance(priority, int) or isinstance(priority, bool):
-        raise TypeError(f"priority must be an int, got {type(priority).__name__}")
+        raise ConfigurationError(f"priority must be an int, got {type(priority).__name__}")
     if not -1000 <= priority <= 1000:
         raise ConfigurationError(f"priority must be between -1000 and 1000, got {priority}")
     return priority
