@@ -117,19 +117,27 @@ class TaskCall:
     task: str
     args: list[Any]
     kwargs: dict[str, Any]
+    retries: int | None = None  # overrides the task's retries for this job
 
 
 def encode_task_call(
-    job_id: str, task: str, args: tuple[Any, ...], kwargs: dict[str, Any], max_size: int
+    job_id: str,
+    task: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    max_size: int,
+    retries: int | None = None,
 ) -> bytes:
     """Encode a task message; raise ``EncodeError`` or ``PayloadTooLarge``."""
-    envelope = {
+    envelope: dict[str, Any] = {
         "v": ENVELOPE_VERSION,
         "id": job_id,
         "task": task,
         "args": [codec.to_json(arg, f"args[{i}]") for i, arg in enumerate(args)],
         "kwargs": {key: codec.to_json(val, f"kwargs[{key!r}]") for key, val in kwargs.items()},
     }
+    if retries is not None:
+        envelope["retries"] = retries
     body = orjson.dumps(envelope)
     check_size("message", len(body), max_size)
     return body
@@ -169,7 +177,10 @@ def decode_task_call(body: bytes) -> TaskCall:
         raise DecodeError("task message lacks a string 'id' and 'task'", body[:200])
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise DecodeError("'args' must be a list and 'kwargs' an object", body[:200])
-    return TaskCall(job_id, task, codec.from_json(args), codec.from_json(kwargs))
+    retries = envelope.get("retries")
+    if retries is not None and (type(retries) is not int or retries < 0):
+        raise DecodeError(f"'retries' must be a non-negative integer, got {retries!r}", body[:200])
+    return TaskCall(job_id, task, codec.from_json(args), codec.from_json(kwargs), retries)
 
 
 def decode_payload(body: bytes) -> Any:

@@ -84,16 +84,22 @@ class Task(Generic[P, R]):
         eta: dt.datetime | None = None,
         priority: int | None = None,
         idempotency_key: str | None = None,
+        retries: int | None = None,
         **kwargs: Any,
     ) -> Job[R]:
         """Enqueue one call and return its job once the message is durable.
+
+        ``retries`` overrides the task's retries for this job. The option
+        names (``delay``, ``eta``, ``priority``, ``idempotency_key``,
+        ``retries``) are not passed to the function; a function with a
+        parameter of one of these names gets it through ``enqueue_many``.
 
         Raises ``TypeError`` if the arguments do not fit the function's
         signature, ``EncodeError`` or ``PayloadTooLarge`` for arguments that
         cannot be carried, and ``QueueFull`` when the queue is at its bound.
         A known ``idempotency_key`` returns the existing job instead.
         """
-        new = self.prepare(args, kwargs, delay, eta, priority, idempotency_key)
+        new = self.prepare(args, kwargs, delay, eta, priority, idempotency_key, retries)
         return self.app._submit(self, [new])[0]
 
     async def aenqueue(
@@ -103,10 +109,11 @@ class Task(Generic[P, R]):
         eta: dt.datetime | None = None,
         priority: int | None = None,
         idempotency_key: str | None = None,
+        retries: int | None = None,
         **kwargs: Any,
     ) -> Job[R]:
         """Enqueue one call without blocking the event loop; see :meth:`enqueue`."""
-        new = self.prepare(args, kwargs, delay, eta, priority, idempotency_key)
+        new = self.prepare(args, kwargs, delay, eta, priority, idempotency_key, retries)
         jobs = await asyncio.to_thread(self.app._submit, self, [new])
         return jobs[0]
 
@@ -151,12 +158,15 @@ class Task(Generic[P, R]):
         eta: dt.datetime | None,
         priority: int | None,
         idempotency_key: str | None,
+        retries: int | None = None,
     ) -> NewJob:
         """Check and encode one call; return the job to create."""
         self.check_arguments(args, kwargs)
+        if retries is not None and (type(retries) is not int or retries < 0):
+            raise ConfigurationError(f"retries must be a non-negative integer, got {retries!r}")
         now = time.time()
         job_id = new_id()
-        body = encode_task_call(job_id, self.name, args, kwargs, self.app.max_message_size)
+        body = encode_task_call(job_id, self.name, args, kwargs, self.app.max_message_size, retries)
         message = OutgoingMessage(
             id=job_id,
             queue=self.options.queue,

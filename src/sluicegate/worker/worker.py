@@ -52,6 +52,7 @@ class Running:
 
     delivery: Delivery
     task: Task[Any, Any] | None
+    max_attempts: int = 1
     context: JobContext | None = None
     handle: asyncio.Future[Any] | None = None
     started: float = field(default_factory=time.monotonic)
@@ -84,6 +85,14 @@ class Worker:
         if not self.queues:
             self.queues = ["default"]
         self.concurrency = max(1, int(concurrency))
+        # Reserve under the shortest lease of the tasks served, so that a crash is recovered
+        # after the job's own lease; the heartbeat extends each job to its task's lease.
+        self.lease = min(
+            [
+                app.lease,
+                *(t.options.lease for t in app.tasks.values() if t.options.queue in self.queues),
+            ]
+        )
         self.processes = max(1, processes or os.cpu_count() or 1)
         self.app_spec = app_spec
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
@@ -164,7 +173,7 @@ class Worker:
                 settlements,
                 self.queues,
                 max(free, 0),
-                self.app.lease,
+                self.lease,
                 self.name,
             )
             self._after_settle(settlements, settled)
@@ -225,13 +234,14 @@ class Worker:
         except (DecodeError, UnknownTask) as exc:
             self._dead_letter_undeliverable(delivery, exc)
             return
-        entry = Running(delivery, task)
+        max_attempts = task.options.max_attempts if call.retries is None else call.retries + 1
+        entry = Running(delivery, task, max_attempts)
         self.running[delivery.message_id] = entry
         if delivery.cancel_requested:
             logger.info("job cancelled before start job_id=%s task=%s", call.job_id, task.name)
             self._finish(entry, RunOutcome("cancelled"))
             return
-        if delivery.delivery_count > task.options.max_attempts:
+        if delivery.delivery_count > max_attempts:
             self._exhausted_by_redelivery(entry)
             return
         entry.context = self._context(task, call, delivery)
@@ -305,10 +315,6 @@ class Worker:
         assert entry.context is not None
         timeout = task.options.timeout
         try:
-            if task.options.lease != self.app.lease:
-                # Reserved under the app's lease: switch to the task's own before it starts,
-                # so a crash is recovered after the task's lease, not the app's.
-                await self._call(self.backend.extend, [entry.delivery], task.options.lease)
             if task.options.pool == "async":
                 outcome = await self._run_async(task, call, entry.context, timeout)
             elif task.options.pool == "process":
@@ -396,7 +402,7 @@ class Worker:
             update = JobUpdate(JobState.FAILED, error=error, note=note, retention=retention)
             return Settlement(delivery, Action.ACK, update)
         attempt = delivery.delivery_count
-        if attempt >= task.options.max_attempts:
+        if attempt >= entry.max_attempts:
             reason = f"retries exhausted after {attempt} attempts: {error.type}: {error.message}"
             logger.warning(
                 "job dead-lettered job_id=%s task=%s reason=%s", job_id, task.name, reason
@@ -446,7 +452,7 @@ class Worker:
         count = entry.delivery.delivery_count - 1
         reason = (
             f"delivered {count} times without a recorded outcome (the worker died or lost "
-            f"its lease each time); max attempts is {entry.task.options.max_attempts}"
+            f"its lease each time); max attempts is {entry.max_attempts}"
         )
         error = ErrorInfo("sluicegate.errors.LeaseLost", reason)
         self.running.pop(entry.delivery.message_id, None)
