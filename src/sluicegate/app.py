@@ -7,8 +7,8 @@ import inspect
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, overload
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from sluicegate.backends import open_backend, redact
 from sluicegate.backends.base import Backend
@@ -21,7 +21,19 @@ from sluicegate.retry import Backoff
 from sluicegate.store import NewJob
 from sluicegate.task import Pool, Task, TaskOptions
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class TaskDecorator(Protocol):
+    """What ``@app.task(...)`` returns: it turns a function into a :class:`Task`."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> Task[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Task[P, R]: ...
+
 
 #: Default lease, in seconds, on a reserved message.
 DEFAULT_LEASE = 30.0
@@ -125,7 +137,10 @@ class App:
     # -- tasks
 
     @overload
-    def task(self, fn: F) -> F: ...
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> Task[P, R]: ...
+
+    @overload
+    def task(self, fn: Callable[P, R]) -> Task[P, R]: ...
 
     @overload
     def task(
@@ -142,7 +157,7 @@ class App:
         retry_on: Sequence[type[BaseException]] = (Exception,),
         lease: float | None = None,
         retention: float | None = None,
-    ) -> Callable[[F], F]: ...
+    ) -> TaskDecorator: ...
 
     def task(
         self,
@@ -185,7 +200,7 @@ class App:
             )
             if options.name in self.tasks:
                 raise ConfigurationError(f"a task named {options.name!r} is registered already")
-            task = Task(self, function, options)
+            task: Task[Any, Any] = Task(self, function, options)
             self.tasks[options.name] = task
             return task
 

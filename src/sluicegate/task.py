@@ -59,7 +59,7 @@ class Task(Generic[P, R]):
     Calling the task object directly runs the function in the caller's process.
     """
 
-    def __init__(self, app: App, fn: Callable[P, R], options: TaskOptions) -> None:
+    def __init__(self, app: App, fn: Callable[P, Any], options: TaskOptions) -> None:
         self.app = app
         self.fn = fn
         self.options = options
@@ -71,7 +71,7 @@ class Task(Generic[P, R]):
     def name(self) -> str:
         return self.options.name
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         return self.fn(*args, **kwargs)
 
     def __repr__(self) -> str:

@@ -24,6 +24,9 @@ import threading
 
 logger = logging.getLogger(__name__)
 
+#: Tries to bind a socket while other listeners may remove the empty directory.
+BIND_ATTEMPTS = 5
+
 
 def channel_dir(database_path: str) -> str:
     """Return the directory of wake-up sockets for one database file."""
@@ -80,12 +83,21 @@ class Listener:
     """A bound datagram socket that a waiting worker blocks on."""
 
     def __init__(self, directory: str) -> None:
-        os.makedirs(directory, mode=0o777, exist_ok=True)
-        with contextlib.suppress(OSError):
-            os.chmod(directory, 0o1777)  # Producers of other users may wake us.
+        self._directory = directory
         self.path = os.path.join(directory, f"{os.getpid()}-{os.urandom(4).hex()}.sock")
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._socket.bind(self.path)
+        for _ in range(BIND_ATTEMPTS):
+            os.makedirs(directory, mode=0o777, exist_ok=True)
+            with contextlib.suppress(OSError):
+                os.chmod(directory, 0o1777)  # Producers of other users may wake us.
+            try:
+                self._socket.bind(self.path)
+                break
+            except FileNotFoundError:
+                continue  # The last listener removed the directory meanwhile.
+        else:
+            self._socket.close()
+            raise OSError(f"cannot bind a wake-up socket in {directory}")
         self._socket.setblocking(False)
 
     def fileno(self) -> int:
@@ -108,3 +120,5 @@ class Listener:
         self._socket.close()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
+        with contextlib.suppress(OSError):
+            os.rmdir(self._directory)  # Only succeeds for the last listener.

@@ -19,6 +19,7 @@ import importlib
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -174,18 +175,25 @@ def load_app(app_spec: str) -> Any:
 
 
 def _child_main(app_spec: str, sys_path: list[str], conn: Connection) -> None:
+    # The parent decides when a child stops: it kills a child at a timeout or a give-back.
+    # A SIGTERM or SIGINT sent to the whole process group must not end the running call.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.path[:] = sys_path
     logging.basicConfig(level=logging.WARNING)
     app = load_app(app_spec)
     while True:
         try:
             request = conn.recv()
-        except (EOFError, KeyboardInterrupt):
-            return
+        except (EOFError, OSError, KeyboardInterrupt):
+            return  # The worker closed the pipe or died: nothing is left to run.
         if request is None:
             return
         body, fence, attempt = request
-        conn.send(_run_request(app, body, fence, attempt))
+        try:
+            conn.send(_run_request(app, body, fence, attempt))
+        except OSError:
+            return
 
 
 def _run_request(app: Any, body: bytes, fence: int, attempt: int) -> RunOutcome:
