@@ -37,10 +37,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import math
+import re
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -55,7 +56,20 @@ Encoder = Callable[[Any, str], Any]
 
 def encode(value: Any) -> bytes:
     """Encode ``value`` to JSON bytes; raise ``EncodeError`` if it cannot round-trip."""
-    return orjson.dumps(to_json(value, "value"))
+    return dumps(to_json(value, "value"), "value")
+
+
+def dumps(document: Any, path: str) -> bytes:
+    """Serialize a document made of :func:`to_json` output to JSON bytes.
+
+    Raises ``EncodeError`` naming ``path`` where orjson rejects the document:
+    a ``str`` with a lone surrogate, or nesting deeper than orjson's limit
+    (254 levels in orjson 3.x).
+    """
+    try:
+        return orjson.dumps(document)
+    except orjson.JSONEncodeError as exc:
+        raise EncodeError(path, document, str(exc)) from None
 
 
 def decode(data: bytes | str) -> Any:
@@ -72,19 +86,29 @@ def to_json(value: Any, path: str) -> Any:
 
     ``path`` names the value in error messages, e.g. ``args[1]["when"]``.
     """
+    try:
+        return _to_json(value, path)
+    except RecursionError:
+        raise EncodeError(path, value, "nested too deeply") from None
+
+
+def _to_json(value: Any, path: str) -> Any:
     kind = type(value)
     if kind is str or kind is bool or value is None:
         return value
     if kind is int:
         if _INT64_MIN <= value <= _UINT64_MAX:
             return value
-        return {TAG: "int", "v": str(value)}
+        try:
+            return {TAG: "int", "v": str(value)}
+        except ValueError as exc:  # More digits than sys.get_int_max_str_digits() allows.
+            raise EncodeError(path, value, str(exc)) from None
     if kind is float:
         if math.isfinite(value):
             return value
         return {TAG: "float", "v": repr(value)}
     if kind is list:
-        return [to_json(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [_to_json(item, f"{path}[{i}]") for i, item in enumerate(value)]
     if kind is dict:
         return _dict_to_json(value, path)
     encoder = _ENCODERS.get(kind)
@@ -94,15 +118,22 @@ def to_json(value: Any, path: str) -> Any:
 
 
 def from_json(value: Any) -> Any:
-    """Invert :func:`to_json` on a value parsed from JSON."""
+    """Invert :func:`to_json` on a value parsed from JSON; raise ``DecodeError`` if invalid."""
+    try:
+        return _from_json(value)
+    except RecursionError:
+        raise DecodeError("value is nested too deeply") from None
+
+
+def _from_json(value: Any) -> Any:
     kind = type(value)
     if kind is list:
-        return [from_json(item) for item in value]
+        return [_from_json(item) for item in value]
     if kind is dict:
         tag = value.get(TAG)
         if tag is None:
-            return {key: from_json(item) for key, item in value.items()}
-        decoder = _DECODERS.get(tag)
+            return {key: _from_json(item) for key, item in value.items()}
+        decoder = _DECODERS.get(tag) if isinstance(tag, str) else None
         if decoder is None or "v" not in value:
             raise DecodeError(f"unknown type tag {tag!r}")
         try:
@@ -114,9 +145,9 @@ def from_json(value: Any) -> Any:
 
 def _dict_to_json(value: dict[Any, Any], path: str) -> Any:
     if all(type(key) is str for key in value) and TAG not in value:
-        return {key: to_json(item, f"{path}[{key!r}]") for key, item in value.items()}
+        return {key: _to_json(item, f"{path}[{key!r}]") for key, item in value.items()}
     pairs = [
-        [to_json(key, f"{path} key {key!r}"), to_json(item, f"{path}[{key!r}]")]
+        [_to_json(key, f"{path} key {key!r}"), _to_json(item, f"{path}[{key!r}]")]
         for key, item in value.items()
     ]
     return {TAG: "dict", "v": pairs}
@@ -128,7 +159,7 @@ def _encode_datetime(value: dt.datetime, path: str) -> Any:
 
 def _encode_items(tag: str) -> Encoder:
     def encode_items(value: Any, path: str) -> Any:
-        return {TAG: tag, "v": [to_json(item, f"{path}[{i}]") for i, item in enumerate(value)]}
+        return {TAG: tag, "v": [_to_json(item, f"{path}[{i}]") for i, item in enumerate(value)]}
 
     return encode_items
 
@@ -165,11 +196,11 @@ def _unsupported_reason(value: Any) -> str:
 
 
 def _decode_pairs(pairs: list[list[Any]]) -> dict[Any, Any]:
-    return {_hashable(from_json(key)): from_json(item) for key, item in pairs}
+    return {_hashable(_from_json(key)): _from_json(item) for key, item in pairs}
 
 
 def _hashable(key: Any) -> Any:
-    # A tuple key decodes through from_json as a tuple already; a list cannot be a key.
+    # A tuple key decodes through _from_json as a tuple already; a list cannot be a key.
     if isinstance(key, list):
         raise TypeError("a dict key cannot be a list")
     return key
@@ -184,6 +215,26 @@ def _decode_float(text: str) -> float:
 def _decode_timedelta(parts: list[int]) -> dt.timedelta:
     days, seconds, microseconds = parts
     return dt.timedelta(days=days, seconds=seconds, microseconds=microseconds)
+
+
+# The C fromisoformat() of CPython 3.11.7 parses an offset under one second,
+# which isoformat() writes as e.g. "+00:00:00.000001", as UTC. The decoders
+# below restore such an offset.
+_SUBSECOND_OFFSET = re.compile(r"([+-])00:00:00\.(\d{6})$")
+
+DateOrTime = TypeVar("DateOrTime", dt.datetime, dt.time)
+
+
+def _from_isoformat(parse: Callable[[str], DateOrTime]) -> Callable[[str], DateOrTime]:
+    def decode(text: str) -> DateOrTime:
+        value = parse(text)
+        match = _SUBSECOND_OFFSET.search(text)
+        if match is not None:
+            offset = dt.timedelta(microseconds=int(match[2]))
+            value = value.replace(tzinfo=dt.timezone(-offset if match[1] == "-" else offset))
+        return value
+
+    return decode
 
 
 def _as_bytes(data: bytes | str) -> bytes:
@@ -204,16 +255,16 @@ _ENCODERS: dict[type, Encoder] = {
 }
 
 _DECODERS: dict[str, Callable[[Any], Any]] = {
-    "dt": dt.datetime.fromisoformat,
+    "dt": _from_isoformat(dt.datetime.fromisoformat),
     "date": dt.date.fromisoformat,
-    "time": dt.time.fromisoformat,
+    "time": _from_isoformat(dt.time.fromisoformat),
     "td": _decode_timedelta,
     "uuid": uuid.UUID,
     "dec": Decimal,
     "b": lambda text: base64.b64decode(text, validate=True),
-    "tuple": lambda items: tuple(from_json(item) for item in items),
-    "set": lambda items: {from_json(item) for item in items},
-    "fset": lambda items: frozenset(from_json(item) for item in items),
+    "tuple": lambda items: tuple(_from_json(item) for item in items),
+    "set": lambda items: {_from_json(item) for item in items},
+    "fset": lambda items: frozenset(_from_json(item) for item in items),
     "int": int,
     "float": _decode_float,
     "dict": _decode_pairs,

@@ -138,7 +138,7 @@ def encode_task_call(
     }
     if retries is not None:
         envelope["retries"] = retries
-    body = orjson.dumps(envelope)
+    body = codec.dumps(envelope, "arguments")
     check_size("message", len(body), max_size)
     return body
 
@@ -150,7 +150,7 @@ def encode_payload(message_id: str, payload: Any, max_size: int) -> bytes:
         "id": message_id,
         "payload": codec.to_json(payload, "payload"),
     }
-    body = orjson.dumps(envelope)
+    body = codec.dumps(envelope, "payload")
     check_size("message", len(body), max_size)
     return body
 

@@ -2,9 +2,10 @@
 
 Each entry of ``FACTORIES`` turns a test's tmp_path into a ``BackendTarget``:
 the location of a fresh, empty backend. A factory for a server backend
-(Redis, PostgreSQL, ...) checks that its server answers on loopback and
-raises ``BackendUnavailable`` naming it otherwise; the ``backend`` fixture
-then skips, or fails when the ``CI`` environment variable is set.
+(Redis, PostgreSQL, ...) first calls ``require_server``, which raises
+``BackendUnavailable`` naming the backend when its server on loopback does
+not accept connections. The ``backend`` fixture then skips the test, or
+fails it when the ``CI`` environment variable is set.
 
 Adding a backend means adding one factory here and one branch in
 ``BackendTarget.open``. The backend must accept ``clock=callable``, because
@@ -17,6 +18,7 @@ processes started with the ``spawn`` method can unpickle a target.
 from __future__ import annotations
 
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ START_TIME = 1_700_000_000.0
 
 
 class BackendUnavailable(Exception):
-    """The server a backend needs does not answer; the message names the backend."""
+    """The server a backend needs does not accept connections; the message names the backend."""
 
 
 class FakeClock:
@@ -71,6 +73,21 @@ class BackendTarget:
             directory = channel_dir(self.location)
             for path in (directory, directory + "-results"):
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def require_server(name: str, host: str, port: int, timeout: float = 1.0) -> None:
+    """Raise ``BackendUnavailable`` naming ``name`` unless a TCP server accepts on host:port.
+
+    Factories of server backends call this first, e.g.
+    ``require_server("redis", "127.0.0.1", 6379)``.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise BackendUnavailable(
+            f"the {name} server at {host}:{port} does not accept connections ({exc})"
+        ) from None
 
 
 def sqlite_target(tmp_path: Path) -> BackendTarget:

@@ -20,9 +20,7 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture(params=sorted(FACTORIES))
-def backend(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
-) -> Iterator[Backend]:
+def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Backend]:
     """A fresh backend of each kind in ``FACTORIES``, reading time from ``clock``.
 
     A backend whose server is missing is skipped, or fails the test when the
@@ -49,9 +47,7 @@ def backend_target(request: pytest.FixtureRequest, backend: Backend) -> BackendT
 
 
 @pytest.fixture
-def connect(
-    backend_target: BackendTarget, clock: FakeClock
-) -> Iterator[Callable[[], Backend]]:
+def connect(backend_target: BackendTarget, clock: FakeClock) -> Iterator[Callable[[], Backend]]:
     """Open further connections to this test's backend; each is closed afterwards."""
     opened: list[Backend] = []
 

@@ -179,9 +179,7 @@ def test_settle_each_in_batch(backend: Backend, clock: FakeClock) -> None:
     clock.advance(LEASE + 1)
     fresh = backend.reserve(["q"], 2, LEASE, "w2")
 
-    settled = backend.settle(
-        [Settlement(stale, Action.ACK), Settlement(fresh[0], Action.ACK)]
-    )
+    settled = backend.settle([Settlement(stale, Action.ACK), Settlement(fresh[0], Action.ACK)])
 
     assert settled == [False, True]
 

@@ -59,7 +59,16 @@ _JOB_COLUMNS = (
     "result, error_type, error_message, error_traceback, cancel_requested, progress, "
     "progress_message, idempotency_key, note"
 )
+# A record past its retention reads as not found, even before purge_expired deletes it.
+_UNEXPIRED = "(expires_at IS NULL OR expires_at > ?)"
 _PENDING_JOB_STATES = ("queued", "retrying")
+
+# Delayed messages whose time has come. They count as ready in stats and in the
+# max_wait check although only the next reserve moves them to the ready state.
+_DUE_DELAYED = (
+    f"SELECT count(*), min(due_at) FROM messages "
+    f"WHERE state = {DELAYED} AND due_at <= ? AND queue = ?"
+)
 
 
 def parse_path(url: str) -> str:
@@ -95,7 +104,7 @@ class SQLiteBackend:
         busy_timeout: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.path = path
+        self.path = os.path.abspath(path)  # A later chdir must not switch databases.
         self.durable = durable
         self.busy_timeout = busy_timeout
         self.clock = clock
@@ -217,7 +226,7 @@ class SQLiteBackend:
             return []
         now = self.clock()
         with self._write() as conn:
-            results, fresh = self._match_idempotency_keys(conn, jobs)
+            results, fresh = self._match_idempotency_keys(conn, jobs, now)
             if fresh:
                 queue = fresh[0].message.queue
                 self._admit(conn, queue, len(fresh), bounds, now)
@@ -239,8 +248,10 @@ class SQLiteBackend:
                 )
                 keyed = [(j.idempotency_key, j.message.id) for j in fresh if j.idempotency_key]
                 if keyed:
+                    # REPLACE takes over the key of a job whose retention ended.
                     conn.executemany(
-                        "INSERT INTO idempotency_keys (key, job_id) VALUES (?, ?)", keyed
+                        "INSERT OR REPLACE INTO idempotency_keys (key, job_id) VALUES (?, ?)",
+                        keyed,
                     )
         if fresh and any(j.message.ready_at <= now for j in fresh):
             self._notifier.notify()
@@ -258,7 +269,7 @@ class SQLiteBackend:
             self._notifier.notify()
 
     def _match_idempotency_keys(
-        self, conn: sqlite3.Connection, jobs: Sequence[NewJob]
+        self, conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float
     ) -> tuple[list[EnqueueResult], list[NewJob]]:
         results: list[EnqueueResult] = []
         fresh: list[NewJob] = []
@@ -267,8 +278,11 @@ class SQLiteBackend:
             key = job.idempotency_key
             existing = seen.get(key) if key is not None else None
             if key is not None and existing is None:
+                # A key lasts as long as its job's record is readable.
                 row = conn.execute(
-                    "SELECT job_id FROM idempotency_keys WHERE key = ?", (key,)
+                    "SELECT job_id FROM idempotency_keys JOIN jobs ON jobs.id = job_id "
+                    f"WHERE key = ? AND {_UNEXPIRED}",
+                    (key, now),
                 ).fetchone()
                 existing = row[0] if row else None
             if existing is not None:
@@ -295,7 +309,7 @@ class SQLiteBackend:
                 queue, "max_length", bounds.max_length, self._retry_after(conn, queue, excess, now)
             )
         if bounds.max_wait is not None:
-            oldest = self._oldest_ready(conn, queue)
+            oldest = self._oldest_ready(conn, queue, now)
             if oldest is not None and now - oldest > bounds.max_wait:
                 retry_after = self._retry_after(conn, queue, length, now)
                 raise QueueFull(queue, "max_wait", bounds.max_wait, retry_after)
@@ -306,11 +320,12 @@ class SQLiteBackend:
         return estimate_retry_after(excess, completed, window)
 
     @staticmethod
-    def _oldest_ready(conn: sqlite3.Connection, queue: str) -> float | None:
+    def _oldest_ready(conn: sqlite3.Connection, queue: str, now: float) -> float | None:
         row = conn.execute(
             "SELECT min(order_at) FROM messages WHERE queue = ? AND state = ?", (queue, READY)
         ).fetchone()
-        return None if row[0] is None else float(row[0])
+        _, oldest_due = conn.execute(_DUE_DELAYED, (now, queue)).fetchone()
+        return _earliest(row[0], oldest_due)
 
     def _insert_messages(
         self, conn: sqlite3.Connection, messages: Sequence[OutgoingMessage], now: float
@@ -583,8 +598,11 @@ class SQLiteBackend:
     # -- job records
 
     def get_job(self, job_id: str) -> JobRecord | None:
-        rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
-        return _job_from_row(rows[0], self.clock()) if rows else None
+        now = self.clock()
+        rows = self._read(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ? AND {_UNEXPIRED}", (job_id, now)
+        )
+        return _job_from_row(rows[0], now) if rows else None
 
     def get_jobs(self, job_ids: Sequence[str]) -> list[JobRecord]:
         now = self.clock()
@@ -592,7 +610,10 @@ class SQLiteBackend:
         for start in range(0, len(job_ids), 500):
             chunk = list(job_ids[start : start + 500])
             marks = ",".join("?" * len(chunk))
-            rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN ({marks})", chunk)
+            rows = self._read(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN ({marks}) AND {_UNEXPIRED}",
+                [*chunk, now],
+            )
             records += [_job_from_row(row, now) for row in rows]
         return records
 
@@ -674,12 +695,14 @@ class SQLiteBackend:
             oldest = self._read(
                 f"SELECT min(order_at) FROM messages WHERE queue = ? AND state = {READY}", (name,)
             )[0][0]
+            due_count, oldest_due = self._read(_DUE_DELAYED, (now, name))[0]
+            oldest = _earliest(oldest, oldest_due)
             enqueued, completed, window = _recent_counts(rate_row, now)
             result.append(
                 QueueStats(
                     name=name,
-                    ready=counts.get(READY, 0),
-                    delayed=counts.get(DELAYED, 0),
+                    ready=counts.get(READY, 0) + due_count,
+                    delayed=counts.get(DELAYED, 0) - due_count,
                     running=counts.get(RESERVED, 0),
                     dead=dead,
                     oldest_ready_age=None if oldest is None else max(now - oldest, 0.0),
@@ -762,6 +785,11 @@ class SQLiteBackend:
 
 def _bucket(now: float) -> int:
     return int(now // BUCKET_SECONDS)
+
+
+def _earliest(first: float | None, second: float | None) -> float | None:
+    times = [float(t) for t in (first, second) if t is not None]
+    return min(times) if times else None
 
 
 def _recent_counts(row: Sequence[Any], now: float) -> tuple[int, int, float]:
