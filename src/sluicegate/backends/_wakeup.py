@@ -21,11 +21,16 @@ import select
 import socket
 import tempfile
 import threading
+import time
 
 logger = logging.getLogger(__name__)
 
 #: Tries to bind a socket while other listeners may remove the empty directory.
 BIND_ATTEMPTS = 5
+
+#: Nanoseconds after a directory change during which its listing is read again
+#: at every notify, longer than any file system's timestamp granularity here.
+RACY_LISTING_NS = 50_000_000
 
 
 def channel_dir(database_path: str) -> str:
@@ -59,7 +64,11 @@ class Notifier:
             mtime = os.stat(self._directory).st_mtime_ns
         except FileNotFoundError:
             return []
-        if mtime != self._listing_mtime:
+        # A directory's mtime has the file system's coarse granularity, so a
+        # listener bound just after a listing may leave it unchanged: a listing
+        # taken that recently is not trusted.
+        recent = time.time_ns() - mtime < RACY_LISTING_NS
+        if mtime != self._listing_mtime or recent:
             self._listing_mtime = mtime
             names = os.listdir(self._directory)
             self._targets = [os.path.join(self._directory, n) for n in names if n.endswith(".sock")]
