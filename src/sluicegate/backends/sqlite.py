@@ -70,6 +70,13 @@ _DUE_DELAYED = (
     f"WHERE state = {DELAYED} AND due_at <= ? AND queue = ?"
 )
 
+# Reserved messages whose lease expired: their next reserve gives them out again,
+# so stats count them as ready, in their original place in the queue.
+_EXPIRED_LEASES = (
+    f"SELECT count(*), min(order_at) FROM messages "
+    f"WHERE state = {RESERVED} AND due_at < ? AND queue = ?"
+)
+
 
 def parse_path(url: str) -> str:
     """Return the file path of a ``sqlite:///relative`` or ``sqlite:////absolute`` URL."""
@@ -479,7 +486,8 @@ class SQLiteBackend:
             "error_type = coalesce(nullif(?, ''), error_type), "
             "error_message = coalesce(nullif(?, ''), error_message), "
             "error_traceback = coalesce(?, error_traceback), note = coalesce(?, note), "
-            "finished_at = ?, expires_at = ?, attempts = attempts - ?, eta = ? WHERE id = ?",
+            "finished_at = ?, expires_at = ?, attempts = attempts - ?, "
+            "eta = CASE WHEN ? THEN ? ELSE eta END WHERE id = ?",
             (
                 update.state.value,
                 update.result,
@@ -490,6 +498,7 @@ class SQLiteBackend:
                 now if final else None,
                 now + update.retention if final else None,
                 0 if update.count_attempt else 1,
+                settlement.action is Action.RETRY,  # A retry's eta is when it is due again.
                 now + settlement.delay,
                 job_id,
             ),
@@ -696,14 +705,15 @@ class SQLiteBackend:
                 f"SELECT min(order_at) FROM messages WHERE queue = ? AND state = {READY}", (name,)
             )[0][0]
             due_count, oldest_due = self._read(_DUE_DELAYED, (now, name))[0]
-            oldest = _earliest(oldest, oldest_due)
+            expired_count, oldest_expired = self._read(_EXPIRED_LEASES, (now, name))[0]
+            oldest = _earliest(_earliest(oldest, oldest_due), oldest_expired)
             enqueued, completed, window = _recent_counts(rate_row, now)
             result.append(
                 QueueStats(
                     name=name,
-                    ready=counts.get(READY, 0) + due_count,
+                    ready=counts.get(READY, 0) + due_count + expired_count,
                     delayed=counts.get(DELAYED, 0) - due_count,
-                    running=counts.get(RESERVED, 0),
+                    running=counts.get(RESERVED, 0) - expired_count,
                     dead=dead,
                     oldest_ready_age=None if oldest is None else max(now - oldest, 0.0),
                     max_length=max_length if max_length is not None else 0,

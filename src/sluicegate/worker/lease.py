@@ -28,7 +28,7 @@ class Heartbeat:
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
-        self.interval = min(MAX_INTERVAL, worker.app.lease / 4)
+        self.interval = min(MAX_INTERVAL, worker.lease / 4)
 
     async def run(self) -> None:
         while True:

@@ -177,6 +177,7 @@ def load_app(app_spec: str) -> Any:
 def _child_main(app_spec: str, sys_path: list[str], conn: Connection) -> None:
     # The parent decides when a child stops: it kills a child at a timeout or a give-back.
     # A SIGTERM or SIGINT sent to the whole process group must not end the running call.
+    # NOTE: a signal that arrives while the child is still starting, before these lines, ends it.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.path[:] = sys_path

@@ -86,7 +86,7 @@ class Worker:
             self.queues = ["default"]
         self.concurrency = max(1, int(concurrency))
         # Reserve under the shortest lease of the tasks served, so that a crash is recovered
-        # after the job's own lease; the heartbeat extends each job to its task's lease.
+        # after the job's own lease. The heartbeat then extends each job to its task's lease.
         self.lease = min(
             [
                 app.lease,

@@ -1,0 +1,156 @@
+"""cancel() at every stage of a job: scheduled, queued, reserved, running."""
+
+from __future__ import annotations
+
+import pytest
+
+from .support import MakeApp, StartWorker, wait_until
+
+SOURCE = """
+@app.task
+def quick() -> str:
+    mark("run")
+    return "done"
+
+
+@app.task(pool="process")
+def gated_process(gate: str) -> str:
+    mark("start")
+    wait_for_file(gate)
+    mark("end")
+    return "done"
+
+
+@app.task
+async def sleeper_async() -> str:
+    mark("start")
+    await asyncio.sleep(60)
+    mark("end")
+    return "done"
+
+
+@app.task
+def polling(seconds: float) -> str:
+    mark("start")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if job_context().cancelled:
+            mark("stopped")
+            return "stopped"
+        time.sleep(0.01)
+    mark("end")
+    return "ran to the end"
+
+
+@app.task(pool="process")
+def polling_process(seconds: float) -> str:
+    return polling.fn(seconds)
+
+
+@app.task
+def ignoring(gate: str) -> str:
+    mark("start")
+    wait_for_file(gate)
+    mark("end")
+    return "finished anyway"
+"""
+
+
+def test_cancel_scheduled_never_runs(make_app: MakeApp, start_worker: StartWorker) -> None:
+    module = make_app(SOURCE)
+    start_worker(module)
+    job = module.task("quick").enqueue(delay=1.0)
+    assert job.status.value == "scheduled"
+    assert job.cancel().value == "cancelled"
+    # A later job with a longer delay: once it ran, the cancelled one would have run too.
+    sentinel = module.task("quick").enqueue(delay=1.5)
+    module.wait_final([sentinel.id], timeout=30)
+
+    record = module.record(job.id)
+    assert record.state.value == "cancelled"
+    assert record.attempts == 0
+    assert module.events(job_id=job.id) == []
+    assert module.live_messages("default") == 0
+
+
+def test_cancel_queued_never_runs(make_app: MakeApp, start_worker: StartWorker) -> None:
+    module = make_app(SOURCE)
+    job = module.task("quick").enqueue()
+    assert job.status.value == "queued"
+    assert job.cancel().value == "cancelled"
+    start_worker(module)
+    sentinel = module.task("quick").enqueue()
+    module.wait_final([sentinel.id], timeout=30)
+
+    record = module.record(job.id)
+    assert record.state.value == "cancelled"
+    assert record.attempts == 0
+    assert module.events(job_id=job.id) == []
+
+
+def test_cancel_reserved_never_starts(make_app: MakeApp, start_worker: StartWorker) -> None:
+    # One process and two slots: the second job is reserved but waits for the process.
+    module = make_app(SOURCE)
+    gate = module.gate("first")
+    task = module.task("gated_process")
+    first = task.enqueue(str(gate))
+    second = task.enqueue(str(module.gate("second")))
+    module.gate("second").touch()
+    worker = start_worker(module, "--processes", "1", "--concurrency", "2")
+    wait_until(lambda: module.events("start", first.id), 30, "the first job to start")
+    module.wait_state(second.id, "running", 30)
+    assert second.cancel().value == "running"
+    worker.wait_log(f"job cancel requested job_id={second.id}", 10)
+    gate.touch()
+    records = module.wait_final([first.id, second.id], timeout=30)
+
+    assert records[first.id].state.value == "succeeded"
+    assert records[second.id].state.value == "cancelled"
+    assert module.events(job_id=second.id) == []
+
+
+def test_cancel_running_async(make_app: MakeApp, start_worker: StartWorker) -> None:
+    module = make_app(SOURCE)
+    start_worker(module)
+    job = module.task("sleeper_async").enqueue()
+    wait_until(lambda: module.events("start", job.id), 30, "the job to start")
+    assert job.cancel().value == "running"
+    record = module.wait_final([job.id], timeout=10)[job.id]
+
+    assert record.state.value == "cancelled"
+    assert record.cancel_requested
+    assert module.events("end", job.id) == []
+
+
+@pytest.mark.parametrize("task", ["polling", "polling_process"])
+def test_cancel_running_sync_polls(make_app: MakeApp, start_worker: StartWorker, task: str) -> None:
+    module = make_app(SOURCE)
+    start_worker(module, "--processes", "1")
+    job = module.task(task).enqueue(60.0)
+    wait_until(lambda: module.events("start", job.id), 30, "the job to start")
+    assert job.cancel().value == "running"
+    record = module.wait_final([job.id], timeout=10)[job.id]
+
+    assert record.state.value == "cancelled"
+    assert record.result is None
+    assert len(module.events("stopped", job.id)) == 1
+    assert module.events("end", job.id) == []
+
+
+def test_cancel_running_sync_ignored(make_app: MakeApp, start_worker: StartWorker) -> None:
+    module = make_app(SOURCE)
+    worker = start_worker(module)
+    gate = module.gate("release")
+    job = module.task("ignoring").enqueue(str(gate))
+    wait_until(lambda: module.events("start", job.id), 30, "the job to start")
+    assert job.cancel().value == "running"
+    worker.wait_log(f"job cancel requested job_id={job.id}", 10)
+    gate.touch()
+    record = module.wait_final([job.id], timeout=30)[job.id]
+
+    assert record.state.value == "succeeded"
+    assert job.result(timeout=1) == "finished anyway"
+    assert record.cancel_requested
+    assert record.note is not None
+    assert "cancel requested" in record.note
+    assert len(module.events("end", job.id)) == 1
