@@ -123,3 +123,38 @@ class Store(Protocol):
     def purge_expired(self, now: float) -> int:
         """Delete final job records whose retention ended; return how many."""
         ...
+
+    # -- shared state for schedulers, breakers and rate limits
+
+    def acquire_lock(self, name: str, holder: str, ttl: float) -> bool:
+        """Take or renew the lock ``name`` for ``holder`` for ``ttl`` seconds.
+
+        Returns whether ``holder`` holds the lock now. A lock whose holder
+        did not renew it within its ttl is free to take.
+        """
+        ...
+
+    def release_lock(self, name: str, holder: str) -> bool:
+        """Release the lock if ``holder`` holds it; return whether it did."""
+        ...
+
+    def lock_holder(self, name: str) -> tuple[str, float] | None:
+        """Return the holder of an unexpired lock and its expiry (Unix time), or None."""
+        ...
+
+    def get_value(self, key: str) -> bytes | None:
+        """Return the value stored under ``key``, or None."""
+        ...
+
+    def compare_and_set(self, key: str, expected: bytes | None, value: bytes | None) -> bool:
+        """Atomically replace the value of ``key`` if it equals ``expected``.
+
+        ``expected=None`` means "no value yet"; ``value=None`` deletes the key.
+        Returns whether the swap happened. Callers build atomic read-modify-
+        write steps (breaker transitions, last fire times) on it.
+        """
+        ...
+
+    def keys(self, prefix: str) -> list[str]:
+        """Return the keys that start with ``prefix``, sorted."""
+        ...

@@ -792,6 +792,62 @@ class SQLiteBackend:
         """Raise if the database cannot be read."""
         self._read("SELECT 1")
 
+    # -- shared state: locks and compare-and-set values
+
+    def acquire_lock(self, name: str, holder: str, ttl: float) -> bool:
+        now = self.clock()
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT holder, expires_at FROM locks WHERE name = ?", (name,)
+            ).fetchone()
+            if row is not None and row[0] != holder and row[1] > now:
+                return False
+            conn.execute(
+                "INSERT INTO locks (name, holder, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+                "expires_at = excluded.expires_at",
+                (name, holder, now + ttl),
+            )
+        return True
+
+    def release_lock(self, name: str, holder: str) -> bool:
+        with self._write() as conn:
+            cursor = conn.execute("DELETE FROM locks WHERE name = ? AND holder = ?", (name, holder))
+        return cursor.rowcount == 1
+
+    def lock_holder(self, name: str) -> tuple[str, float] | None:
+        rows = self._read(
+            "SELECT holder, expires_at FROM locks WHERE name = ? AND expires_at > ?",
+            (name, self.clock()),
+        )
+        return (str(rows[0][0]), float(rows[0][1])) if rows else None
+
+    def get_value(self, key: str) -> bytes | None:
+        rows = self._read("SELECT value FROM kv WHERE key = ?", (key,))
+        return bytes(rows[0][0]) if rows else None
+
+    def compare_and_set(self, key: str, expected: bytes | None, value: bytes | None) -> bool:
+        with self._write() as conn:
+            row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+            current = None if row is None else bytes(row[0])
+            if current != expected:
+                return False
+            if value is None:
+                conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+            else:
+                conn.execute(
+                    "INSERT INTO kv (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (key, value),
+                )
+        return True
+
+    def keys(self, prefix: str) -> list[str]:
+        rows = self._read(
+            "SELECT key FROM kv WHERE substr(key, 1, length(?)) = ? ORDER BY key", (prefix, prefix)
+        )
+        return [str(row[0]) for row in rows]
+
 
 def _bucket(now: float) -> int:
     return int(now // BUCKET_SECONDS)

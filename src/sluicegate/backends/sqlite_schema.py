@@ -107,6 +107,19 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     key TEXT PRIMARY KEY,
     job_id TEXT NOT NULL
 ) WITHOUT ROWID;
+
+-- Named locks with an expiry, e.g. the scheduler's leadership.
+CREATE TABLE IF NOT EXISTS locks (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+
+-- Small shared values changed by compare-and-set: breaker states, last fires.
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
 """
 
 #: Width in seconds of one rate bucket in ``queues``.
