@@ -5,9 +5,40 @@ from __future__ import annotations
 import importlib.util
 import sqlite3
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Protocol
+
+#: Values of SQLite's `pragma synchronous`, by the number the pragma returns.
+SYNCHRONOUS_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """SQLite settings of the connection a library enqueues through."""
+
+    journal_mode: str
+    synchronous: str
+    transactions: str
+
+    @property
+    def durable(self) -> bool:
+        # In WAL mode SQLite syncs the WAL at each commit only at FULL and EXTRA. At NORMAL it
+        # syncs at checkpoints, so a power loss or OS crash can roll back recent commits.
+        return self.synchronous in ("FULL", "EXTRA")
+
+    def __str__(self) -> str:
+        return (
+            f"journal_mode={self.journal_mode}, synchronous={self.synchronous}, {self.transactions}"
+        )
+
+
+def read_storage_settings(connection: sqlite3.Connection, transactions: str) -> StorageSettings:
+    """Read journal_mode and synchronous from a library's own connection."""
+    journal_mode = connection.execute("pragma journal_mode").fetchone()[0]
+    level = connection.execute("pragma synchronous").fetchone()[0]
+    return StorageSettings(journal_mode, SYNCHRONOUS_NAMES.get(level, str(level)), transactions)
 
 
 class QueueAdapter(Protocol):
@@ -26,8 +57,8 @@ class QueueAdapter(Protocol):
     def close(self) -> None:
         """Close every database connection this process holds."""
 
-    def describe_storage(self) -> str:
-        """Return the SQLite settings of the library's own connection, such as synchronous."""
+    def storage_settings(self) -> StorageSettings:
+        """Return the SQLite settings of the connection this process enqueues through."""
 
     def describe_worker(self) -> str:
         """Return the worker settings used, for the report."""
@@ -39,7 +70,7 @@ class QueueAdapter(Protocol):
         """Enqueue noop(i) for every i in numbers with the library's bulk API."""
 
     def prefill(self, count: int) -> None:
-        """Enqueue noop(i) for i in range(count) as fast as possible; this is not timed."""
+        """Enqueue noop(i) for i in range(count) by the fastest route. This is not timed."""
 
     def worker_command(self) -> list[str]:
         """Return the command line that starts one worker process on the task module."""

@@ -7,7 +7,13 @@ import sqlite3
 from pathlib import Path
 from types import ModuleType
 
-from bench_common import connect_read_only, console_script, load_module_from_file
+from bench_common import (
+    StorageSettings,
+    connect_read_only,
+    console_script,
+    load_module_from_file,
+    read_storage_settings,
+)
 
 MODULE_NAME = "huey_bench_tasks"
 HUEY_NAME = "bench"
@@ -24,11 +30,19 @@ def noop(i):
     return i
 """
 
-SYNCHRONOUS_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+# huey.storage imports the redis and psycopg drivers when they are installed, even for
+# SqliteHuey, and `make bench` installs both for sluicegate's own backends. Python imports
+# sitecustomize from PYTHONPATH at start-up, so this file makes the worker import what an
+# install of huey alone would.
+BLOCK_DRIVERS_SOURCE = """import sys
+
+# A None entry in sys.modules makes `import redis` raise ImportError, which huey catches.
+sys.modules.update(redis=None, psycopg=None)
+"""
 
 
 class HueyAdapter:
-    """Drives SqliteHuey in this process and huey_consumer as the worker.
+    """Adapter for huey: SqliteHuey in this process and huey_consumer as the worker.
 
     Completion is counted as the rows in huey's result table (kv) for this huey name. A task
     that returns a value other than None stores one row there when it finishes, and nothing
@@ -38,8 +52,9 @@ class HueyAdapter:
     name = "huey"
     has_bulk_enqueue = False
 
-    def __init__(self) -> None:
+    def __init__(self, block_drivers: bool = True) -> None:
         self.version = importlib.metadata.version("huey")
+        self.block_drivers = block_drivers
         self._module: ModuleType | None = None
         self._db_path: Path | None = None
         self._reader: sqlite3.Connection | None = None
@@ -50,6 +65,8 @@ class HueyAdapter:
         source = MODULE_SOURCE.format(name=HUEY_NAME, db_path=str(self._db_path))
         module_path = directory / f"{MODULE_NAME}.py"
         module_path.write_text(source)
+        if self.block_drivers:
+            (directory / "sitecustomize.py").write_text(BLOCK_DRIVERS_SOURCE)
         self._module = load_module_from_file(MODULE_NAME, module_path)
 
     def close(self) -> None:
@@ -65,27 +82,28 @@ class HueyAdapter:
             raise RuntimeError("HueyAdapter.open() must be called first")
         return self._module
 
-    def describe_storage(self) -> str:
-        connection = self.module.huey.storage.conn
-        journal_mode = connection.execute("pragma journal_mode").fetchone()[0]
-        synchronous = connection.execute("pragma synchronous").fetchone()[0]
-        return (
-            f"SqliteHuey defaults: journal_mode={journal_mode}, "
-            f"synchronous={SYNCHRONOUS_NAMES.get(synchronous, synchronous)}, "
-            "one transaction per enqueue"
+    def storage_settings(self) -> StorageSettings:
+        return read_storage_settings(
+            self.module.huey.storage.conn, "SqliteHuey defaults, one transaction per enqueue"
         )
 
     def describe_worker(self) -> str:
+        drivers = (
+            "redis and psycopg imports blocked in the worker"
+            if self.block_drivers
+            else "redis and psycopg imported if installed"
+        )
         return (
             "huey_consumer defaults (workers=1, worker_type=thread, polling delay 0.1 s "
-            "growing by 1.15x to 10 s while the queue is empty) plus --quiet for WARNING logs"
+            "growing by 1.15x to 10 s while the queue is empty) plus --quiet for WARNING logs; "
+            f"{drivers}"
         )
 
     def enqueue_one(self, i: int) -> None:
         self.module.noop(i)
 
     def enqueue_bulk(self, numbers: list[int]) -> None:
-        raise NotImplementedError("huey 3.x has no bulk enqueue API")
+        raise NotImplementedError("huey has no bulk enqueue API (checked in huey 3.5.4)")
 
     def prefill(self, count: int) -> None:
         # Prefilling is not timed, so fsync is switched off on this connection to save time.

@@ -72,9 +72,6 @@ class WorkerProcess:
             seconds[process.pid] = times.user + times.system
         return seconds
 
-    def exited(self) -> bool:
-        return self.popen.poll() is not None
-
     def check_running(self) -> None:
         """Raise RuntimeError with the end of the worker log if the worker has exited."""
         code = self.popen.poll()
