@@ -1,0 +1,647 @@
+"""Lua scripts of the Redis backend: each broker or store step is one atomic script.
+
+Every script gets ``KEYS[1] = {P}:queues``, which routes it to the node that
+owns the prefix's slot on Redis Cluster, and ``ARGV[1] = {P}``, the hash tag
+from which it builds the other key names (see
+:mod:`sluicegate.backends.redis_keys`). Declaring only one key works because
+all keys of a prefix share its slot. The current time comes from the caller
+as an argument, never from Redis ``TIME``, so tests control the clock.
+
+Times travel as strings written by Python and are stored unchanged; Lua
+compares them as numbers but never formats one, because Lua's number
+formatting keeps only 14 significant digits.
+"""
+
+from __future__ import annotations
+
+#: Helpers shared by every script: key names, ready sets by priority, rates.
+COMMON = """
+local P = ARGV[1]
+local function qkey(queue, part) return P .. ':q:' .. queue .. ':' .. part end
+local function mkey(id) return P .. ':m:' .. id end
+local function jkey(id) return P .. ':j:' .. id end
+local function idem_key(key) return P .. ':idem:' .. key end
+
+local function levels(queue)
+  return redis.call('ZRANGE', qkey(queue, 'levels'), 0, -1)
+end
+
+local function make_ready(queue, id, priority, order_at)
+  redis.call('ZADD', qkey(queue, 'ready:' .. priority), order_at, id)
+  redis.call('ZADD', qkey(queue, 'levels'), -tonumber(priority), priority)
+end
+
+local function unready(queue, id, priority)
+  local key = qkey(queue, 'ready:' .. priority)
+  local removed = redis.call('ZREM', key, id)
+  if removed == 1 and redis.call('ZCARD', key) == 0 then
+    redis.call('ZREM', qkey(queue, 'levels'), priority)
+  end
+  return removed
+end
+
+local function ready_count(queue)
+  local count = 0
+  for _, priority in ipairs(levels(queue)) do
+    count = count + redis.call('ZCARD', qkey(queue, 'ready:' .. priority))
+  end
+  return count
+end
+
+local function queue_length(queue)
+  return ready_count(queue) + redis.call('ZCARD', qkey(queue, 'delayed'))
+    + redis.call('ZCARD', qkey(queue, 'leased'))
+end
+
+local function earlier(first, second)
+  if first == nil or (second ~= nil and tonumber(second) < tonumber(first)) then
+    return second
+  end
+  return first
+end
+
+-- The time the oldest ready message became ready, counting due delayed ones.
+local function oldest_ready(queue, now)
+  local oldest = nil
+  for _, priority in ipairs(levels(queue)) do
+    local first = redis.call('ZRANGE', qkey(queue, 'ready:' .. priority), 0, 0, 'WITHSCORES')
+    oldest = earlier(oldest, first[2])
+  end
+  local due = redis.call('ZRANGEBYSCORE', qkey(queue, 'delayed'), '-inf', now,
+    'WITHSCORES', 'LIMIT', 0, 1)
+  return earlier(oldest, due[2])
+end
+
+local function rate_row(queue)
+  return redis.call('HMGET', qkey(queue, 'meta'), 'bucket', 'enqueued_now',
+    'enqueued_before', 'completed_now', 'completed_before')
+end
+
+-- Add to the counts of the current rate bucket, shifting it to "before" on a new bucket.
+local function count_rate(queue, bucket, enqueued, completed)
+  local row = rate_row(queue)
+  local current = tonumber(row[1]) or 0
+  local en, eb = tonumber(row[2]) or 0, tonumber(row[3]) or 0
+  local cn, cb = tonumber(row[4]) or 0, tonumber(row[5]) or 0
+  if current == bucket - 1 then
+    eb, cb, en, cn = en, cn, 0, 0
+  elseif current ~= bucket then
+    eb, cb, en, cn = 0, 0, 0, 0
+  end
+  redis.call('HSET', qkey(queue, 'meta'), 'bucket', bucket, 'enqueued_now', en + enqueued,
+    'enqueued_before', eb, 'completed_now', cn + completed, 'completed_before', cb)
+end
+
+-- Give a final job record its retention: a Redis expiry, and an entry for purge_expired.
+local function retain(id, expires_at, retention_ms)
+  local job = jkey(id)
+  redis.call('ZADD', P .. ':expiring', expires_at, id)
+  redis.call('PEXPIRE', job, retention_ms)
+  local key = redis.call('HGET', job, 'idempotency_key')
+  if key and redis.call('GET', idem_key(key)) == id then
+    redis.call('PEXPIRE', idem_key(key), retention_ms)
+  end
+end
+
+-- Undo retain: the record lives until it is final again.
+local function unretain(id)
+  local job = jkey(id)
+  redis.call('ZREM', P .. ':expiring', id)
+  redis.call('PERSIST', job)
+  redis.call('HDEL', job, 'finished_at', 'expires_at')
+  local key = redis.call('HGET', job, 'idempotency_key')
+  if key and redis.call('GET', idem_key(key)) == id then
+    redis.call('PERSIST', idem_key(key))
+  end
+end
+"""
+
+#: Create messages (and job records) in one queue, all or none, under the bound.
+#: ARGV: tag, now, bucket, queue, max_length, max_wait ('' for none), count, then per
+#: message: id, body, priority, ready_at, enqueued_at, task ('' for a plain message),
+#: idempotency key ('' for none).
+#: Returns {'ok', {id, created, ...}} or {'full', reason, excess, rate row}.
+ENQUEUE = (
+    COMMON
+    + """
+local now, bucket, queue = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local max_length, max_wait = tonumber(ARGV[5]), tonumber(ARGV[6])
+local count = tonumber(ARGV[7])
+local results, fresh, seen = {}, {}, {}
+for i = 0, count - 1 do
+  local base = 8 + i * 7
+  local id, key = ARGV[base], ARGV[base + 6]
+  local existing = nil
+  if redis.call('EXISTS', mkey(id), jkey(id)) > 0 then
+    -- A call retried after a lost reply: its first attempt created this id.
+    table.insert(results, id)
+    table.insert(results, 1)
+  else
+    if key ~= '' then
+      existing = seen[key]
+      if existing == nil then
+        local holder = redis.call('GET', idem_key(key))
+        if holder then
+          local record = redis.call('HMGET', jkey(holder), 'state', 'expires_at')
+          if record[1] and (not record[2] or tonumber(record[2]) > now) then
+            existing = holder
+          end
+        end
+      end
+    end
+    if existing ~= nil then
+      table.insert(results, existing)
+      table.insert(results, 0)
+    else
+      if key ~= '' then seen[key] = id end
+      table.insert(results, id)
+      table.insert(results, 1)
+      table.insert(fresh, base)
+    end
+  end
+end
+if #fresh == 0 then return {'ok', results} end
+
+local length = queue_length(queue)
+if length + #fresh > max_length then
+  return {'full', 'max_length', length + #fresh - max_length, rate_row(queue)}
+end
+if max_wait then
+  local oldest = oldest_ready(queue, ARGV[2])
+  if oldest and now - tonumber(oldest) > max_wait then
+    return {'full', 'max_wait', length, rate_row(queue)}
+  end
+end
+
+redis.call('SADD', KEYS[1], queue)
+if max_wait then
+  redis.call('HSET', qkey(queue, 'meta'), 'max_length', ARGV[5], 'max_wait', ARGV[6])
+else
+  redis.call('HSET', qkey(queue, 'meta'), 'max_length', ARGV[5])
+  redis.call('HDEL', qkey(queue, 'meta'), 'max_wait')
+end
+local ready_now = false
+for _, base in ipairs(fresh) do
+  local id, body, priority = ARGV[base], ARGV[base + 1], ARGV[base + 2]
+  local ready_at, enqueued_at = ARGV[base + 3], ARGV[base + 4]
+  local task, key = ARGV[base + 5], ARGV[base + 6]
+  redis.call('HSET', mkey(id), 'queue', queue, 'body', body, 'priority', priority,
+    'order_at', ready_at, 'enqueued_at', enqueued_at, 'fence', 0, 'deliveries', 0)
+  if tonumber(ready_at) <= now then
+    make_ready(queue, id, priority, ready_at)
+    ready_now = true
+  else
+    redis.call('ZADD', qkey(queue, 'delayed'), ready_at, id)
+  end
+  if task ~= '' then
+    redis.call('HSET', jkey(id), 'task', task, 'queue', queue, 'state', 'queued',
+      'attempts', 0, 'created_at', enqueued_at, 'eta', ready_at, 'cancel_requested', 0,
+      'version', 1)
+    if key ~= '' then
+      -- Inside this script the check above and this claim are one atomic step.
+      redis.call('HSET', jkey(id), 'idempotency_key', key)
+      redis.call('SET', idem_key(key), id)
+    end
+  end
+end
+count_rate(queue, bucket, #fresh, 0)
+if ready_now then redis.call('PUBLISH', P .. ':wake', queue) end
+return {'ok', results}
+"""
+)
+
+#: Settle deliveries and reserve new ones in one step; see RedisBackend.exchange.
+#: ARGV: tag, now, bucket, token ('' for no reply cache), lease_until, worker, limit,
+#: queue count, the queues, and the settlement count. Then come 16 values per
+#: settlement: id, queue, fence, action, ready_at (of a delayed retry, else ''),
+#: reason, has_job, state, result, error_type, error_message, error_traceback, note,
+#: expires_at, retention_ms, count_attempt. The optional values (result,
+#: error_traceback, note) are '' for none. Otherwise they carry one leading '=', so
+#: that an empty value stays distinct from none.
+#: Returns {settled flags, deliveries (7 fields each), expired leases (4 fields each)}.
+EXCHANGE = (
+    COMMON
+    + """
+local now_text, bucket, token = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local now = tonumber(now_text)
+if token ~= '' then
+  local cached = redis.call('GET', P .. ':reply:' .. token)
+  if cached then return cmsgpack.unpack(cached) end
+end
+local lease_until, worker, limit = ARGV[5], ARGV[6], tonumber(ARGV[7])
+local queue_count = tonumber(ARGV[8])
+local queues = {}
+for i = 1, queue_count do queues[i] = ARGV[8 + i] end
+local settle_count = tonumber(ARGV[9 + queue_count])
+local first_settlement = 10 + queue_count
+
+local function optional(value)
+  if value == '' then return nil end
+  return string.sub(value, 2)
+end
+
+local function update_job(id, base, action)
+  local job = jkey(id)
+  if redis.call('EXISTS', job) == 0 then return false end
+  local state = ARGV[base + 7]
+  redis.call('HSET', job, 'state', state)
+  redis.call('HINCRBY', job, 'version', 1)
+  local result, traceback, note = optional(ARGV[base + 8]), optional(ARGV[base + 11]),
+    optional(ARGV[base + 12])
+  if result then redis.call('HSET', job, 'result', result) end
+  if ARGV[base + 9] ~= '' then redis.call('HSET', job, 'error_type', ARGV[base + 9]) end
+  if ARGV[base + 10] ~= '' then redis.call('HSET', job, 'error_message', ARGV[base + 10]) end
+  if traceback then redis.call('HSET', job, 'error_traceback', traceback) end
+  if note then redis.call('HSET', job, 'note', note) end
+  if ARGV[base + 15] == '0' then redis.call('HINCRBY', job, 'attempts', -1) end
+  if action == 'retry' then
+    redis.call('HSET', job, 'eta', ARGV[base + 4] ~= '' and ARGV[base + 4] or now_text)
+  end
+  local final = state == 'succeeded' or state == 'failed' or state == 'cancelled'
+  if final then
+    redis.call('HSET', job, 'finished_at', now_text, 'expires_at', ARGV[base + 13])
+    retain(id, ARGV[base + 13], ARGV[base + 14])
+  else
+    redis.call('HDEL', job, 'finished_at', 'expires_at')
+  end
+  return final
+end
+
+local settled, completed = {}, {}
+local wake, results = false, false
+for i = 0, settle_count - 1 do
+  local base = first_settlement + i * 16
+  local id, queue, fence, action = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
+  local message = mkey(id)
+  local leased = redis.call('ZSCORE', qkey(queue, 'leased'), id)
+  local ok = leased and tonumber(leased) >= now
+    and redis.call('HGET', message, 'fence') == fence
+  if ok then
+    redis.call('ZREM', qkey(queue, 'leased'), id)
+    redis.call('HDEL', message, 'worker')
+    local priority = redis.call('HGET', message, 'priority')
+    if action == 'ack' then
+      redis.call('DEL', message)
+      completed[queue] = (completed[queue] or 0) + 1
+    elseif action == 'retry' and ARGV[base + 4] ~= '' then
+      redis.call('HSET', message, 'order_at', ARGV[base + 4])
+      redis.call('ZADD', qkey(queue, 'delayed'), ARGV[base + 4], id)
+    elseif action == 'retry' then
+      redis.call('HSET', message, 'order_at', now_text)
+      make_ready(queue, id, priority, now_text)
+      wake = true
+    elseif action == 'release' then
+      -- Given back unrun: keep its place in the queue and do not count the delivery.
+      redis.call('HINCRBY', message, 'deliveries', -1)
+      make_ready(queue, id, priority, redis.call('HGET', message, 'order_at'))
+      wake = true
+    else
+      redis.call('HSET', message, 'reason', ARGV[base + 5], 'dead_at', now_text)
+      redis.call('ZADD', qkey(queue, 'dead'), now_text, id)
+      completed[queue] = (completed[queue] or 0) + 1
+    end
+    if ARGV[base + 6] == '1' and update_job(id, base, action) then results = true end
+  end
+  table.insert(settled, ok and 1 or 0)
+end
+for queue, count in pairs(completed) do count_rate(queue, bucket, 0, count) end
+
+-- Make due delayed messages ready and give expired leases back, oldest first; a
+-- bounded number per call keeps one script short.
+local function promote(queue, expired)
+  local due = redis.call('ZRANGEBYSCORE', qkey(queue, 'delayed'), '-inf', now_text,
+    'WITHSCORES', 'LIMIT', 0, 1000)
+  for j = 1, #due, 2 do
+    redis.call('ZREM', qkey(queue, 'delayed'), due[j])
+    local priority = redis.call('HGET', mkey(due[j]), 'priority')
+    if priority then make_ready(queue, due[j], priority, due[j + 1]) end
+  end
+  local lapsed = redis.call('ZRANGEBYSCORE', qkey(queue, 'leased'), '-inf', '(' .. now_text,
+    'LIMIT', 0, 1000)
+  for _, id in ipairs(lapsed) do
+    local fields = redis.call('HMGET', mkey(id), 'priority', 'order_at', 'worker', 'deliveries')
+    redis.call('ZREM', qkey(queue, 'leased'), id)
+    redis.call('HDEL', mkey(id), 'worker')
+    if fields[1] then make_ready(queue, id, fields[1], fields[2]) end
+    if redis.call('HGET', jkey(id), 'state') == 'running' then
+      redis.call('HSET', jkey(id), 'state', 'queued')
+      redis.call('HINCRBY', jkey(id), 'version', 1)
+    end
+    for _, value in ipairs({id, queue, fields[3] or '', fields[4] or '0'}) do
+      table.insert(expired, value)
+    end
+  end
+end
+
+local function lease(queue, id, deliveries)
+  local message = mkey(id)
+  local fence = redis.call('HINCRBY', message, 'fence', 1)
+  local count = redis.call('HINCRBY', message, 'deliveries', 1)
+  redis.call('HSET', message, 'worker', worker)
+  redis.call('ZADD', qkey(queue, 'leased'), lease_until, id)
+  local fields = redis.call('HMGET', message, 'body', 'enqueued_at')
+  local cancel = 0
+  local job = jkey(id)
+  if redis.call('EXISTS', job) == 1 then
+    redis.call('HSET', job, 'state', 'running', 'started_at', now_text)
+    redis.call('HINCRBY', job, 'attempts', 1)
+    redis.call('HINCRBY', job, 'version', 1)
+    if redis.call('HGET', job, 'cancel_requested') == '1' then cancel = 1 end
+  end
+  for _, value in ipairs({id, queue, fence, count, fields[2], fields[1], cancel}) do
+    table.insert(deliveries, value)
+  end
+end
+
+local deliveries, expired = {}, {}
+local remaining = limit
+for _, queue in ipairs(queues) do
+  if remaining <= 0 then break end
+  promote(queue, expired)
+  for _, priority in ipairs(levels(queue)) do
+    if remaining <= 0 then break end
+    local key = qkey(queue, 'ready:' .. priority)
+    local ids = redis.call('ZRANGE', key, 0, remaining - 1)
+    for _, id in ipairs(ids) do
+      redis.call('ZREM', key, id)
+      if redis.call('EXISTS', mkey(id)) == 1 then
+        lease(queue, id, deliveries)
+        remaining = remaining - 1
+      end
+    end
+    if redis.call('ZCARD', key) == 0 then redis.call('ZREM', qkey(queue, 'levels'), priority) end
+  end
+end
+
+if wake then redis.call('PUBLISH', P .. ':wake', 'retry') end
+if results then redis.call('PUBLISH', P .. ':results', 'settled') end
+local reply = {settled, deliveries, expired}
+if token ~= '' and (#deliveries > 0 or settle_count > 0) then
+  redis.call('SET', P .. ':reply:' .. token, cmsgpack.pack(reply), 'PX', 60000)
+end
+return reply
+"""
+)
+
+#: Extend leases. ARGV: tag, now, lease_until, then (id, queue, fence) per delivery.
+EXTEND = (
+    COMMON
+    + """
+local now = tonumber(ARGV[2])
+local held = {}
+for base = 4, #ARGV, 3 do
+  local id, queue, fence = ARGV[base], ARGV[base + 1], ARGV[base + 2]
+  local leased = redis.call('ZSCORE', qkey(queue, 'leased'), id)
+  if leased and tonumber(leased) >= now and redis.call('HGET', mkey(id), 'fence') == fence then
+    redis.call('ZADD', qkey(queue, 'leased'), 'XX', ARGV[3], id)
+    table.insert(held, 1)
+  else
+    table.insert(held, 0)
+  end
+end
+return held
+"""
+)
+
+#: Return the live message count of one queue. ARGV: tag, queue.
+LENGTH = (
+    COMMON
+    + """
+return queue_length(ARGV[2])
+"""
+)
+
+#: Earliest delayed ready time or lease expiry over every queue. ARGV: tag.
+NEXT_DUE = (
+    COMMON
+    + """
+local due = nil
+for _, queue in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  for _, part in ipairs({'delayed', 'leased'}) do
+    local first = redis.call('ZRANGE', qkey(queue, part), 0, 0, 'WITHSCORES')
+    due = earlier(due, first[2])
+  end
+end
+return due or false
+"""
+)
+
+#: Stats of the named queues, or of every queue if none is named. ARGV: tag, now, queues...
+#: Returns per queue: name, ready, delayed, due delayed, leased, expired leases, dead,
+#: oldest ready time, max_length, max_wait, then the five rate fields.
+STATS = (
+    COMMON
+    + """
+local now = ARGV[2]
+local names = {}
+if #ARGV > 2 then
+  for i = 3, #ARGV do
+    if redis.call('SISMEMBER', KEYS[1], ARGV[i]) == 1 then table.insert(names, ARGV[i]) end
+  end
+else
+  names = redis.call('SMEMBERS', KEYS[1])
+end
+local rows = {}
+for _, queue in ipairs(names) do
+  local oldest = oldest_ready(queue, now)
+  local lapsed = redis.call('ZRANGEBYSCORE', qkey(queue, 'leased'), '-inf', '(' .. now)
+  for _, id in ipairs(lapsed) do
+    oldest = earlier(oldest, redis.call('HGET', mkey(id), 'order_at') or nil)
+  end
+  local meta = redis.call('HMGET', qkey(queue, 'meta'), 'max_length', 'max_wait')
+  local row = {queue, ready_count(queue), redis.call('ZCARD', qkey(queue, 'delayed')),
+    redis.call('ZCOUNT', qkey(queue, 'delayed'), '-inf', now),
+    redis.call('ZCARD', qkey(queue, 'leased')), #lapsed,
+    redis.call('ZCARD', qkey(queue, 'dead')), oldest or false, meta[1], meta[2]}
+  for _, value in ipairs(rate_row(queue)) do table.insert(row, value) end
+  table.insert(rows, row)
+end
+return rows
+"""
+)
+
+#: Cancel a job. ARGV: tag, now, id, expires_at, retention_ms.
+#: Returns the job's stored state before the request, or false for an unknown id.
+CANCEL = (
+    COMMON
+    + """
+local id = ARGV[3]
+local job = jkey(id)
+local state = redis.call('HGET', job, 'state')
+if not state then return false end
+if state == 'queued' or state == 'retrying' then
+  local message = mkey(id)
+  local fields = redis.call('HMGET', message, 'queue', 'priority')
+  if fields[1] then
+    local removed = unready(fields[1], id, fields[2])
+      + redis.call('ZREM', qkey(fields[1], 'delayed'), id)
+    if removed > 0 then redis.call('DEL', message) end
+  end
+  redis.call('HSET', job, 'state', 'cancelled', 'cancel_requested', 1, 'finished_at', ARGV[2],
+    'expires_at', ARGV[4], 'note', 'cancelled before it ran')
+  redis.call('HINCRBY', job, 'version', 1)
+  retain(id, ARGV[4], ARGV[5])
+  redis.call('PUBLISH', P .. ':results', id)
+elseif state == 'running' then
+  redis.call('HSET', job, 'cancel_requested', 1)
+  redis.call('HINCRBY', job, 'version', 1)
+end
+return state
+"""
+)
+
+#: Record progress if the lease is held. ARGV: tag, id, fence, fraction, message or ''.
+PROGRESS = (
+    COMMON
+    + """
+local id = ARGV[2]
+local fields = redis.call('HMGET', mkey(id), 'queue', 'fence')
+if not fields[1] or fields[2] ~= ARGV[3] then return 0 end
+if not redis.call('ZSCORE', qkey(fields[1], 'leased'), id) then return 0 end
+if redis.call('EXISTS', jkey(id)) == 0 then return 1 end
+redis.call('HSET', jkey(id), 'progress', ARGV[4])
+redis.call('HINCRBY', jkey(id), 'version', 1)
+if ARGV[5] == '' then
+  redis.call('HDEL', jkey(id), 'progress_message')
+else
+  redis.call('HSET', jkey(id), 'progress_message', string.sub(ARGV[5], 2))
+end
+return 1
+"""
+)
+
+#: Delete up to ARGV[3] final job records whose retention ended. ARGV: tag, now, batch.
+PURGE_EXPIRED = (
+    COMMON
+    + """
+local ids = redis.call('ZRANGEBYSCORE', P .. ':expiring', '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+for _, id in ipairs(ids) do
+  local key = redis.call('HGET', jkey(id), 'idempotency_key')
+  if key and redis.call('GET', idem_key(key)) == id then redis.call('DEL', idem_key(key)) end
+  redis.call('DEL', jkey(id))
+  redis.call('ZREM', P .. ':expiring', id)
+end
+return #ids
+"""
+)
+
+#: List dead letters, oldest first. ARGV: tag, queue, limit.
+#: Returns per letter: id, body, reason, dead_at, deliveries.
+DEAD_LETTERS = (
+    COMMON
+    + """
+local rows = {}
+for _, id in ipairs(redis.call('ZRANGE', qkey(ARGV[2], 'dead'), 0, tonumber(ARGV[3]) - 1)) do
+  local fields = redis.call('HMGET', mkey(id), 'body', 'reason', 'dead_at', 'deliveries')
+  if fields[1] then
+    table.insert(rows, {id, fields[1], fields[2] or '', fields[3] or '0', fields[4] or '0'})
+  end
+end
+return rows
+"""
+)
+
+#: Put dead letters back on their queue. ARGV: tag, now, queue, ids... (all if none).
+RETRY_DEAD = (
+    COMMON
+    + """
+local now, queue = ARGV[2], ARGV[3]
+local dead = qkey(queue, 'dead')
+local ids = {}
+if #ARGV > 3 then
+  for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
+else
+  ids = redis.call('ZRANGE', dead, 0, -1)
+end
+local count = 0
+for _, id in ipairs(ids) do
+  if redis.call('ZREM', dead, id) == 1 then
+    local message = mkey(id)
+    redis.call('HSET', message, 'order_at', now, 'deliveries', 0)
+    redis.call('HDEL', message, 'reason', 'dead_at')
+    make_ready(queue, id, redis.call('HGET', message, 'priority'), now)
+    local job = jkey(id)
+    if redis.call('EXISTS', job) == 1 then
+      unretain(id)
+      redis.call('HSET', job, 'state', 'queued', 'attempts', 0,
+        'note', 'retried from the dead-letter queue')
+      redis.call('HINCRBY', job, 'version', 1)
+    end
+    count = count + 1
+  end
+end
+if count > 0 then redis.call('PUBLISH', P .. ':wake', queue) end
+return count
+"""
+)
+
+#: Delete dead letters. ARGV: tag, queue, ids... (all if none).
+PURGE_DEAD = (
+    COMMON
+    + """
+local dead = qkey(ARGV[2], 'dead')
+local ids = {}
+if #ARGV > 2 then
+  for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+else
+  ids = redis.call('ZRANGE', dead, 0, -1)
+end
+local count = 0
+for _, id in ipairs(ids) do
+  if redis.call('ZREM', dead, id) == 1 then
+    redis.call('DEL', mkey(id))
+    count = count + 1
+  end
+end
+return count
+"""
+)
+
+#: Take or renew a lock. ARGV: tag, name, holder, now, expires_at, ttl_ms.
+ACQUIRE_LOCK = (
+    COMMON
+    + """
+local key = P .. ':lock:' .. ARGV[2]
+local current = redis.call('HMGET', key, 'holder', 'expires_at')
+if current[1] and current[1] ~= ARGV[3] and tonumber(current[2]) > tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('HSET', key, 'holder', ARGV[3], 'expires_at', ARGV[5])
+redis.call('PEXPIRE', key, ARGV[6])
+return 1
+"""
+)
+
+#: Release a lock held by ARGV[3]. ARGV: tag, name, holder.
+RELEASE_LOCK = (
+    COMMON
+    + """
+local key = P .. ':lock:' .. ARGV[2]
+if redis.call('HGET', key, 'holder') ~= ARGV[3] then return 0 end
+redis.call('DEL', key)
+return 1
+"""
+)
+
+#: Compare and set a value. ARGV: tag, key, expected, value; '' is "none" and any other
+#: value carries one leading '='.
+COMPARE_AND_SET = (
+    COMMON
+    + """
+local key = P .. ':kv:' .. ARGV[2]
+local current = redis.call('GET', key)
+if ARGV[3] == '' then
+  if current then return 0 end
+elseif current ~= string.sub(ARGV[3], 2) then
+  return 0
+end
+if ARGV[4] == '' then
+  redis.call('DEL', key)
+  redis.call('ZREM', P .. ':kv-index', ARGV[2])
+else
+  redis.call('SET', key, string.sub(ARGV[4], 2))
+  redis.call('ZADD', P .. ':kv-index', 0, ARGV[2])
+end
+return 1
+"""
+)
