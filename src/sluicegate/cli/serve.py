@@ -1,0 +1,85 @@
+"""``sluicegate serve``: run the HTTP API with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import click
+
+from sluicegate.cli._common import import_app
+from sluicegate.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+
+@click.command()
+@click.argument("app_spec", metavar="APP_MODULE:APP")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="TCP port to bind; 0 picks a free port, which the start-up log names.",
+)
+@click.option(
+    "--max-body-size",
+    default=None,
+    type=click.IntRange(1),
+    help="Largest request body in bytes; default: the app's max_message_size plus 64 KiB.",
+)
+def serve(app_spec: str, host: str, port: int, max_body_size: int | None) -> None:
+    """Serve the HTTP API of the app APP_MODULE:APP until SIGTERM or SIGINT.
+
+    Bearer tokens come from SLUICEGATE_API_TOKENS, e.g. "tokA:write,tokB:read".
+    Without tokens the server accepts unauthenticated requests, so it binds
+    only to a loopback address.
+    """
+    import uvicorn
+
+    from sluicegate.http.api import create_api
+    from sluicegate.http.auth import TOKENS_VARIABLE, is_loopback, parse_tokens
+
+    try:
+        tokens = parse_tokens(os.environ.get(TOKENS_VARIABLE))
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not tokens and not is_loopback(host):
+        raise click.UsageError(
+            f"--host {host} is not a loopback address and {TOKENS_VARIABLE} is not set; "
+            "set tokens (e.g. TOKEN:write) to serve on other interfaces"
+        )
+    app = import_app(app_spec)
+    api = create_api(app, tokens=tokens, max_body_size=max_body_size)
+    sock = _bind(host, port)
+    bound_port = sock.getsockname()[1]
+    url = f"http://[{host}]:{bound_port}" if ":" in host else f"http://{host}:{bound_port}"
+    if tokens:
+        logger.info("api server listening url=%s auth=bearer tokens=%d", url, len(tokens))
+    else:
+        logger.warning(
+            "api server listening url=%s auth=none; %s is not set, so every request is "
+            "accepted and the server binds to loopback only",
+            url,
+            TOKENS_VARIABLE,
+        )
+    config = uvicorn.Config(api, log_config=None, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
+    logger.info("api server stopped url=%s", url)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind a listening TCP socket, so that port 0 resolves before the log line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(f"cannot bind {host}:{port}: {exc}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
