@@ -421,8 +421,6 @@ def test_task_default_name(app: App) -> None:
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("redis://localhost:6379/0", "redis"),
-        ("postgresql://localhost/jobs", "postgresql"),
         ("mysql://localhost/jobs", "mysql"),
         ("jobs.db", "sqlite:///"),
     ],

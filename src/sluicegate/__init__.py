@@ -21,6 +21,7 @@ from sluicegate.errors import (
     SluicegateError,
     StoreUnavailable,
     TaskTimeout,
+    Unavailable,
     UnknownTask,
     UnsupportedBackend,
 )
@@ -31,6 +32,16 @@ from sluicegate.store import JobRecord, JobState
 from sluicegate.task import Task
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # The HTTP clients need httpx (the ``http`` extra), so they load on first use.
+    if name in ("Client", "AsyncClient"):
+        from sluicegate.http import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'sluicegate' has no attribute {name!r}")
+
 
 __all__ = [
     # application and tasks
@@ -52,6 +63,9 @@ __all__ = [
     "Cancelled",
     "Fail",
     "Retry",
+    # HTTP clients
+    "AsyncClient",
+    "Client",
     # errors
     "ConfigurationError",
     "DecodeError",
@@ -67,6 +81,7 @@ __all__ = [
     "SluicegateError",
     "StoreUnavailable",
     "TaskTimeout",
+    "Unavailable",
     "UnknownTask",
     "UnsupportedBackend",
 ]

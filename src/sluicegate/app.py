@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import inspect
 import os
 import sys
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
+from zoneinfo import ZoneInfo
 
 from sluicegate.backends import open_backend, redact
-from sluicegate.backends.base import Backend
+from sluicegate.backends.base import Backend, TransactionalEnqueue
 from sluicegate.broker import DEFAULT_MAX_LENGTH, QueueBounds
 from sluicegate.errors import ConfigurationError, JobNotFound, UnknownTask
 from sluicegate.job import Job
 from sluicegate.message import DEFAULT_MAX_MESSAGE_SIZE
 from sluicegate.queue import Queue
 from sluicegate.retry import Backoff
+from sluicegate.schedule import (
+    DEFAULT_MAX_CATCH_UP,
+    CatchUp,
+    PeriodicDecorator,
+    Schedule,
+    build_rule,
+    declare,
+)
 from sluicegate.store import NewJob
 from sluicegate.task import Pool, Task, TaskOptions
+from sluicegate.webhooks import WEBHOOK_TASK, webhook_task
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -77,6 +88,7 @@ class App:
         self.max_message_size = int(max_message_size)
         self.backoff = backoff or Backoff()
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, Schedule] = {}
         self._bounds: dict[str, QueueBounds] = {}
         self._backend: Backend | None = None
         self._backend_pid = 0
@@ -206,11 +218,58 @@ class App:
 
         return register if fn is None else register(fn)
 
+    def periodic(
+        self,
+        *,
+        cron: str | None = None,
+        every: dt.timedelta | None = None,
+        timezone: str | ZoneInfo = "UTC",
+        start: dt.datetime | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        catch_up: CatchUp = "skip",
+        max_catch_up: int = DEFAULT_MAX_CATCH_UP,
+        **task_options: Any,
+    ) -> PeriodicDecorator:
+        """Run a task on a schedule: ``@app.periodic(cron="0 3 * * *", timezone="Europe/Berlin")``.
+
+        Give exactly one of ``cron`` (5 fields, read on the wall clock of
+        ``timezone``) or ``every`` (a timedelta of at least 1 second, anchored
+        at ``start``, default the Unix epoch). A function becomes a task
+        named ``name`` on ``queue`` (default ``"default"``), with ``task_options`` passed to
+        :meth:`task`; a task is scheduled as it is. Each fire enqueues
+        ``task(*args, **kwargs)``. ``catch_up`` (``"skip"``, ``"latest"`` or
+        ``"all"``, at most ``max_catch_up`` fires) decides what happens to
+        fires missed while no scheduler ran. See :mod:`sluicegate.schedule`
+        for the DST rules. Raises ``ConfigurationError`` for invalid options.
+        """
+        rule = build_rule(cron, every, timezone, start)
+
+        def register(target: Callable[..., Any]) -> Task[Any, Any]:
+            return declare(
+                self,
+                target,
+                rule,
+                name=name,
+                queue=queue,
+                args=args,
+                kwargs=kwargs,
+                catch_up=catch_up,
+                max_catch_up=max_catch_up,
+                task_options=task_options,
+            )
+
+        return register  # type: ignore[return-value]
+
     def get_task(self, name: str) -> Task[Any, Any]:
         """Return the task registered as ``name``; raise ``UnknownTask`` otherwise."""
         try:
             return self.tasks[name]
         except KeyError:
+            if name == WEBHOOK_TASK:  # Built in, registered when a worker first needs it.
+                return webhook_task(self)
             raise UnknownTask(name) from None
 
     # -- jobs
@@ -234,8 +293,19 @@ class App:
         """Look a job up without blocking the event loop; see :meth:`job`."""
         return await asyncio.to_thread(self.job, job_id)
 
-    def _submit(self, task: Task[Any, Any], jobs: list[NewJob]) -> list[Job[Any]]:
-        results = self.backend.enqueue_jobs(jobs, self.bounds(task.options.queue))
+    def _submit(
+        self, task: Task[Any, Any], jobs: list[NewJob], connection: Any = None
+    ) -> list[Job[Any]]:
+        bounds = self.bounds(task.options.queue)
+        if connection is None:
+            results = self.backend.enqueue_jobs(jobs, bounds)
+        elif isinstance(self.backend, TransactionalEnqueue):
+            results = self.backend.enqueue_jobs_in(connection, jobs, bounds)
+        else:
+            raise ConfigurationError(
+                f"enqueue(connection=...) needs a postgresql:// backend; the backend of "
+                f"{redact(self.url)!r} cannot join the caller's transaction"
+            )
         return [Job(self, result.job_id) for result in results]
 
 

@@ -129,6 +129,14 @@ class StoreUnavailable(SluicegateError):
     """The broker or store did not answer within its retry window."""
 
 
+class Unavailable(SluicegateError):
+    """The HTTP API did not answer successfully before the client's deadline.
+
+    Raised by ``sluicegate.Client`` after retrying connection errors,
+    timeouts, 429 and 503 responses for ``max_elapsed`` seconds.
+    """
+
+
 class LeaseLost(SluicegateError):
     """Settling was rejected because the lease expired or another worker holds it now."""
 

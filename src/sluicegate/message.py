@@ -118,6 +118,7 @@ class TaskCall:
     args: list[Any]
     kwargs: dict[str, Any]
     retries: int | None = None  # overrides the task's retries for this job
+    callback_url: str | None = None  # receives the final record; see sluicegate.webhooks
 
 
 def encode_task_call(
@@ -127,6 +128,7 @@ def encode_task_call(
     kwargs: dict[str, Any],
     max_size: int,
     retries: int | None = None,
+    callback_url: str | None = None,
 ) -> bytes:
     """Encode a task message; raise ``EncodeError`` or ``PayloadTooLarge``."""
     envelope: dict[str, Any] = {
@@ -138,6 +140,8 @@ def encode_task_call(
     }
     if retries is not None:
         envelope["retries"] = retries
+    if callback_url is not None:
+        envelope["callback_url"] = callback_url
     body = codec.dumps(envelope, "arguments")
     check_size("message", len(body), max_size)
     return body
@@ -180,7 +184,11 @@ def decode_task_call(body: bytes) -> TaskCall:
     retries = envelope.get("retries")
     if retries is not None and (type(retries) is not int or retries < 0):
         raise DecodeError(f"'retries' must be a non-negative integer, got {retries!r}", body[:200])
-    return TaskCall(job_id, task, codec.from_json(args), codec.from_json(kwargs), retries)
+    callback_url = envelope.get("callback_url")
+    if callback_url is not None and not isinstance(callback_url, str):
+        raise DecodeError(f"'callback_url' must be a string, got {callback_url!r}", body[:200])
+    args, kwargs = codec.from_json(args), codec.from_json(kwargs)
+    return TaskCall(job_id, task, args, kwargs, retries, callback_url)
 
 
 def decode_payload(body: bytes) -> Any:

@@ -45,7 +45,12 @@ class ErrorInfo:
 
 @dataclass(frozen=True, slots=True)
 class JobRecord:
-    """What the store keeps about a job. Times are Unix seconds."""
+    """What the store keeps about a job. Times are Unix seconds.
+
+    ``version`` starts at 1 and grows by one at every write to the record
+    (state change, progress, cancel request), so a reader can tell whether
+    the record changed since it last looked. Backends without it report 0.
+    """
 
     id: str
     task: str
@@ -64,6 +69,7 @@ class JobRecord:
     progress_message: str | None = None
     idempotency_key: str | None = None
     note: str | None = None
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import inspect
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -85,22 +86,32 @@ class Task(Generic[P, R]):
         priority: int | None = None,
         idempotency_key: str | None = None,
         retries: int | None = None,
+        callback_url: str | None = None,
+        connection: Any = None,
         **kwargs: Any,
     ) -> Job[R]:
         """Enqueue one call and return its job once the message is durable.
 
-        ``retries`` overrides the task's retries for this job. The option
-        names (``delay``, ``eta``, ``priority``, ``idempotency_key``,
-        ``retries``) are not passed to the function; a function with a
+        ``retries`` overrides the task's retries for this job. ``callback_url``
+        receives the job's final record by a signed POST (see
+        :mod:`sluicegate.webhooks`). The option names (``delay``, ``eta``,
+        ``priority``, ``idempotency_key``, ``retries``, ``callback_url``,
+        ``connection``) are not passed to the function; a function with a
         parameter of one of these names gets it through ``enqueue_many``.
+
+        ``connection`` (PostgreSQL backends only) is the caller's psycopg 3
+        connection: the job is created inside its current transaction, so it
+        exists, and workers hear of it, only if that transaction commits.
 
         Raises ``TypeError`` if the arguments do not fit the function's
         signature, ``EncodeError`` or ``PayloadTooLarge`` for arguments that
         cannot be carried, and ``QueueFull`` when the queue is at its bound.
         A known ``idempotency_key`` returns the existing job instead.
         """
-        new = self.prepare(args, kwargs, delay, eta, priority, idempotency_key, retries)
-        return self.app._submit(self, [new])[0]
+        new = self.prepare(
+            args, kwargs, delay, eta, priority, idempotency_key, retries, callback_url
+        )
+        return self.app._submit(self, [new], connection)[0]
 
     async def aenqueue(
         self,
@@ -110,10 +121,13 @@ class Task(Generic[P, R]):
         priority: int | None = None,
         idempotency_key: str | None = None,
         retries: int | None = None,
+        callback_url: str | None = None,
         **kwargs: Any,
     ) -> Job[R]:
         """Enqueue one call without blocking the event loop; see :meth:`enqueue`."""
-        new = self.prepare(args, kwargs, delay, eta, priority, idempotency_key, retries)
+        new = self.prepare(
+            args, kwargs, delay, eta, priority, idempotency_key, retries, callback_url
+        )
         jobs = await asyncio.to_thread(self.app._submit, self, [new])
         return jobs[0]
 
@@ -124,17 +138,18 @@ class Task(Generic[P, R]):
         delay: float | dt.timedelta | None = None,
         eta: dt.datetime | None = None,
         priority: int | None = None,
+        connection: Any = None,
     ) -> list[Job[R]]:
         """Enqueue many ``(args, kwargs)`` calls in one transaction, all or none.
 
         The whole batch is admitted or rejected with ``QueueFull`` against the
-        queue's bound; it is never split.
+        queue's bound; it is never split. ``connection`` works as in :meth:`enqueue`.
         """
         prepared = [
             self.prepare(tuple(args), dict(kwargs), delay, eta, priority, None)
             for args, kwargs in calls
         ]
-        return self.app._submit(self, prepared)
+        return self.app._submit(self, prepared, connection)
 
     async def aenqueue_many(
         self,
@@ -159,6 +174,7 @@ class Task(Generic[P, R]):
         priority: int | None,
         idempotency_key: str | None,
         retries: int | None = None,
+        callback_url: str | None = None,
     ) -> NewJob:
         """Check and encode one call; return the job to create."""
         self.check_arguments(args, kwargs)
@@ -166,7 +182,11 @@ class Task(Generic[P, R]):
             raise ConfigurationError(f"retries must be a non-negative integer, got {retries!r}")
         now = time.time()
         job_id = new_id()
-        body = encode_task_call(job_id, self.name, args, kwargs, self.app.max_message_size, retries)
+        if callback_url is not None and not callback_url.startswith(("http://", "https://")):
+            raise ConfigurationError(f"callback_url must be an http(s) URL, got {callback_url!r}")
+        body = encode_task_call(
+            job_id, self.name, args, kwargs, self.app.max_message_size, retries, callback_url
+        )
         message = OutgoingMessage(
             id=job_id,
             queue=self.options.queue,
@@ -216,7 +236,7 @@ def ready_time(now: float, delay: float | dt.timedelta | None, eta: dt.datetime 
     if delay is None:
         return now
     seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else float(delay)
-    if seconds < 0 or seconds != seconds:
+    if not 0 <= seconds < math.inf:
         raise ConfigurationError(f"delay must be a non-negative number of seconds, got {delay!r}")
     return now + seconds
 

@@ -17,9 +17,11 @@ processes started with the ``spawn`` method can unpickle a target.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +67,14 @@ class BackendTarget:
             from sluicegate.backends.sqlite import SQLiteBackend
 
             return SQLiteBackend(self.location, clock=clock)
+        if self.kind == "redis":
+            from sluicegate.backends.redis import RedisBackend
+
+            return RedisBackend(self.location, clock=clock)
+        if self.kind == "postgresql":
+            from sluicegate.backends.postgres import PostgresBackend
+
+            return PostgresBackend(self.location, clock=clock)
         raise ValueError(f"no opener for backend kind {self.kind!r}")
 
     def cleanup(self) -> None:
@@ -73,6 +83,14 @@ class BackendTarget:
             directory = channel_dir(self.location)
             for path in (directory, directory + "-results"):
                 shutil.rmtree(path, ignore_errors=True)
+        if self.kind == "redis":
+            backend = self.open()
+            try:
+                backend.delete_all()  # Only the keys under this test's own prefix.
+            finally:
+                backend.close()
+        if self.kind == "postgresql":
+            drop_postgres_schema(self.location)
 
 
 def require_server(name: str, host: str, port: int, timeout: float = 1.0) -> None:
@@ -94,9 +112,62 @@ def sqlite_target(tmp_path: Path) -> BackendTarget:
     return BackendTarget("sqlite", str(tmp_path / "conformance.db"))
 
 
+#: Redis server of the conformance suite; each test uses its own key prefix on it.
+REDIS_URL = os.environ.get("SLUICEGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def redis_target(tmp_path: Path) -> BackendTarget:
+    from urllib.parse import urlsplit
+
+    address = urlsplit(REDIS_URL)
+    require_server("redis", address.hostname or "127.0.0.1", address.port or 6379)
+    separator = "&" if "?" in REDIS_URL else "?"
+    prefix = f"sgtest-{uuid.uuid4().hex[:12]}"
+    return BackendTarget("redis", f"{REDIS_URL}{separator}prefix={prefix}")
+
+
+#: PostgreSQL database of the conformance suite; each test gets its own schema in it.
+POSTGRES_URL = os.environ.get("SLUICEGATE_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
+
+
+def postgresql_target(tmp_path: Path) -> BackendTarget:
+    """Create a schema named after a random id, with its tables, in the test database."""
+    from urllib.parse import urlsplit
+
+    from sluicegate.backends.postgres import PostgresBackend
+
+    address = urlsplit(POSTGRES_URL)
+    require_server("postgresql", address.hostname or "127.0.0.1", address.port or 5432)
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    url = f"{POSTGRES_URL}{separator}schema=sg_test_{uuid.uuid4().hex[:12]}"
+    backend = PostgresBackend(url)
+    try:
+        backend.migrate()
+    finally:
+        backend.close()
+    return BackendTarget("postgresql", url)
+
+
+def drop_postgres_schema(url: str) -> None:
+    """Drop the schema that ``postgresql_target`` created for ``url``, with its tables."""
+    import psycopg
+    from psycopg import sql
+
+    from sluicegate.backends.postgres import parse_url
+
+    parsed = parse_url(url)
+    assert parsed.schema.startswith("sg_test_"), f"refusing to drop schema {parsed.schema!r}"
+    with psycopg.connect(parsed.conninfo, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(parsed.schema))
+        )
+
+
 #: Backend name (the test id) to the factory of a fresh target.
 FACTORIES: dict[str, Callable[[Path], BackendTarget]] = {
     "sqlite": sqlite_target,
+    "redis": redis_target,
+    "postgresql": postgresql_target,
 }
 
 

@@ -8,7 +8,7 @@ from sluicegate.backends.base import Backend
 from sluicegate.errors import UnsupportedBackend
 
 #: Schemes planned for later releases; naming them gives a clearer error than "unknown".
-PLANNED = ("redis", "postgresql", "amqp", "nats")
+PLANNED = ("amqp", "nats")
 
 
 def open_backend(url: str, **options: Any) -> Backend:
@@ -18,12 +18,31 @@ def open_backend(url: str, **options: Any) -> Backend:
         from sluicegate.backends.sqlite import SQLiteBackend, parse_path
 
         return SQLiteBackend(parse_path(url), **options)
+    if scheme in ("redis", "rediss", "redis+sentinel"):
+        try:
+            from sluicegate.backends.redis import RedisBackend
+        except ImportError as exc:
+            raise UnsupportedBackend(
+                f"the {scheme}:// backend needs redis-py ({exc}); "
+                "install it with: pip install 'sluicegate[redis]'"
+            ) from None
+        return RedisBackend(url, **options)
+    if scheme in ("postgresql", "postgres"):
+        try:
+            from sluicegate.backends.postgres import PostgresBackend
+        except ImportError as exc:
+            raise UnsupportedBackend(
+                f"the postgresql:// backend needs psycopg 3 and psycopg-pool ({exc}); "
+                "install them with: pip install 'sluicegate[postgres]'"
+            ) from None
+        return PostgresBackend(url, **options)
     if scheme in PLANNED:
         raise UnsupportedBackend(
             f"the {scheme}:// backend is not available in this release; use sqlite:///path.db"
         )
     raise UnsupportedBackend(
-        f"unsupported backend URL scheme {scheme!r} in {redact(url)!r}; expected sqlite:///path.db"
+        f"unsupported backend URL scheme {scheme!r} in {redact(url)!r}; expected sqlite:///path.db "
+        "or redis://host:port/db or postgresql://user@host/dbname"
     )
 
 

@@ -9,7 +9,7 @@ ones in one transaction.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from sluicegate.broker import Broker, EnqueueResult, QueueBounds, Settlement
 from sluicegate.message import Delivery
@@ -26,6 +26,30 @@ class Waiter(Protocol):
     def drain(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class TransactionalEnqueue(Protocol):
+    """A backend that can enqueue inside a transaction the caller owns (PostgreSQL)."""
+
+    def enqueue_jobs_in(
+        self, connection: Any, jobs: Sequence[NewJob], bounds: QueueBounds
+    ) -> list[EnqueueResult]:
+        """Create jobs on ``connection``; they exist if and only if its transaction commits."""
+        ...
+
+
+@runtime_checkable
+class Migratable(Protocol):
+    """A backend whose schema is created and upgraded only on request (PostgreSQL)."""
+
+    def schema_version(self) -> tuple[int, int]:
+        """Return the schema version in the database and the version this code needs."""
+        ...
+
+    def migrate(self) -> list[int]:
+        """Apply the missing migrations; return the versions applied."""
+        ...
 
 
 class Backend(Broker, Store, Protocol):

@@ -57,7 +57,7 @@ _RATE_COLUMNS = "bucket, enqueued_now, enqueued_before, completed_now, completed
 _JOB_COLUMNS = (
     "id, task, queue, state, attempts, created_at, eta, started_at, finished_at, expires_at, "
     "result, error_type, error_message, error_traceback, cancel_requested, progress, "
-    "progress_message, idempotency_key, note"
+    "progress_message, idempotency_key, note, version"
 )
 # A record past its retention reads as not found, even before purge_expired deletes it.
 _UNEXPIRED = "(expires_at IS NULL OR expires_at > ?)"
@@ -197,6 +197,9 @@ class SQLiteBackend:
 
         self._retry_busy(create)
         with self._write() as txn:
+            columns = {row[1] for row in txn.execute("PRAGMA table_info(jobs)")}
+            if "version" not in columns:  # A file made before jobs had a version column.
+                txn.execute("ALTER TABLE jobs ADD COLUMN version INTEGER NOT NULL DEFAULT 1")
             row = txn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
                 txn.execute(
@@ -482,7 +485,7 @@ class SQLiteBackend:
         error = update.error or ErrorInfo("", "")
         final = update.state.is_final
         conn.execute(
-            "UPDATE jobs SET state = ?, result = coalesce(?, result), "
+            "UPDATE jobs SET state = ?, version = version + 1, result = coalesce(?, result), "
             "error_type = coalesce(nullif(?, ''), error_type), "
             "error_message = coalesce(nullif(?, ''), error_message), "
             "error_traceback = coalesce(?, error_traceback), note = coalesce(?, note), "
@@ -525,7 +528,8 @@ class SQLiteBackend:
             )
         if expired:
             conn.executemany(
-                "UPDATE jobs SET state = 'queued' WHERE id = ? AND state = 'running'",
+                "UPDATE jobs SET state = 'queued', version = version + 1 "
+                "WHERE id = ? AND state = 'running'",
                 [(row[0],) for row in expired],
             )
 
@@ -577,7 +581,8 @@ class SQLiteBackend:
         cancel: set[str] = set()
         for job_id in job_ids:
             row = conn.execute(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ? "
+                "UPDATE jobs SET state = 'running', version = version + 1, "
+                "attempts = attempts + 1, started_at = ? "
                 "WHERE id = ? RETURNING cancel_requested",
                 (now, job_id),
             ).fetchone()
@@ -638,12 +643,16 @@ class SQLiteBackend:
                     (job_id,),
                 )
                 conn.execute(
-                    "UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished_at = ?, "
+                    "UPDATE jobs SET state = 'cancelled', version = version + 1, "
+                    "cancel_requested = 1, finished_at = ?, "
                     "expires_at = ?, note = 'cancelled before it ran' WHERE id = ?",
                     (now, now + retention, job_id),
                 )
             elif row[0] == "running":
-                conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+                conn.execute(
+                    "UPDATE jobs SET cancel_requested = 1, version = version + 1 WHERE id = ?",
+                    (job_id,),
+                )
         if row[0] in _PENDING_JOB_STATES:
             self._result_notifier.notify()
         return self.get_job(job_id)
@@ -666,7 +675,8 @@ class SQLiteBackend:
             if held is None:
                 return False
             conn.execute(
-                "UPDATE jobs SET progress = ?, progress_message = ? WHERE id = ?",
+                "UPDATE jobs SET progress = ?, progress_message = ?, version = version + 1 "
+                "WHERE id = ?",
                 (fraction, message, job_id),
             )
         return True
@@ -748,7 +758,8 @@ class SQLiteBackend:
                 [(now, message_id) for message_id in ids],
             )
             conn.executemany(
-                "UPDATE jobs SET state = 'queued', attempts = 0, finished_at = NULL, "
+                "UPDATE jobs SET state = 'queued', version = version + 1, attempts = 0, "
+                "finished_at = NULL, "
                 "expires_at = NULL, note = 'retried from the dead-letter queue' WHERE id = ?",
                 [(message_id,) for message_id in ids],
             )
@@ -911,4 +922,5 @@ def _job_from_row(row: Sequence[Any], now: float) -> JobRecord:
         progress_message=row[16],
         idempotency_key=row[17],
         note=row[18],
+        version=row[19],
     )

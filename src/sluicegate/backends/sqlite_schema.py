@@ -97,7 +97,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     progress REAL,
     progress_message TEXT,
     idempotency_key TEXT,
-    note TEXT
+    note TEXT,
+    version INTEGER NOT NULL DEFAULT 1  -- grows by one at every change of the record
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at) WHERE expires_at IS NOT NULL;
 

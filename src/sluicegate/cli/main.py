@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from sluicegate.cli import demo, jobs, queues, worker
+from sluicegate.cli import demo, jobs, migrate, queues, scheduler, serve, worker
 
 
 @click.group()
@@ -31,6 +31,10 @@ cli.add_command(jobs.status)
 cli.add_command(queues.queues)
 cli.add_command(queues.dead_letters)
 cli.add_command(demo.demo)
+cli.add_command(migrate.migrate)
+cli.add_command(serve.serve)
+cli.add_command(scheduler.scheduler)
+cli.add_command(scheduler.schedules)
 
 
 def main() -> None:

@@ -10,7 +10,9 @@ import threading
 import click
 
 from sluicegate.cli._common import import_app
+from sluicegate.scheduler import Scheduler
 from sluicegate.worker import Worker
+from sluicegate.worker.metrics import WorkerMetrics
 
 
 @click.command()
@@ -43,12 +45,33 @@ from sluicegate.worker import Worker
     type=click.FloatRange(0),
     help="Seconds running jobs get to finish after SIGTERM before they are given back.",
 )
+@click.option(
+    "--with-scheduler",
+    is_flag=True,
+    help="Also run the scheduler in this process, so it enqueues the app's periodic tasks.",
+)
+@click.option(
+    "--metrics-port",
+    default=None,
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics on 127.0.0.1 at this TCP port (needs prometheus-client).",
+)
 def worker(
-    app_spec: str, queues: str | None, concurrency: int, processes: int | None, grace: float
+    app_spec: str,
+    queues: str | None,
+    concurrency: int,
+    processes: int | None,
+    grace: float,
+    with_scheduler: bool,
+    metrics_port: int | None,
 ) -> None:
     """Run a worker for the app APP_MODULE:APP until SIGTERM or SIGINT."""
     app = import_app(app_spec)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    metrics = None if metrics_port is None else WorkerMetrics(metrics_port)
+    scheduler = Scheduler(app) if with_scheduler else None
+    if scheduler is not None:
+        scheduler.start()
     code = Worker(
         app,
         queues=names,
@@ -56,7 +79,10 @@ def worker(
         processes=processes,
         grace=grace,
         app_spec=app_spec,
+        metrics=metrics,
     ).run()
+    if scheduler is not None:
+        scheduler.stop()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

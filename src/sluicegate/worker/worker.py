@@ -27,8 +27,10 @@ from sluicegate.errors import DecodeError, UnknownTask
 from sluicegate.message import Delivery, TaskCall, decode_task_call
 from sluicegate.store import ErrorInfo, JobState, JobUpdate
 from sluicegate.task import Task
+from sluicegate.webhooks import enqueue_delivery
 from sluicegate.worker.execution import RunOutcome, run_async, run_sync, timeout_outcome
 from sluicegate.worker.lease import Heartbeat
+from sluicegate.worker.metrics import WorkerMetrics
 from sluicegate.worker.pools import ChildDied, ProcessPool
 from sluicegate.worker.shutdown import Shutdown
 
@@ -56,6 +58,7 @@ class Running:
     context: JobContext | None = None
     handle: asyncio.Future[Any] | None = None
     started: float = field(default_factory=time.monotonic)
+    callback_url: str | None = None
 
 
 class Worker:
@@ -68,6 +71,7 @@ class Worker:
       processes: size of the process pool for ``pool="process"`` tasks.
       grace: seconds running jobs get to finish after the first SIGTERM.
       app_spec: ``module:attribute`` of the app, needed by the process pool.
+      metrics: Prometheus counters to update, or None for no metrics.
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class Worker:
         grace: float = 30.0,
         app_spec: str | None = None,
         name: str | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.app = app
         self.queues = list(queues or sorted({t.options.queue for t in app.tasks.values()}))
@@ -97,6 +102,7 @@ class Worker:
         self.app_spec = app_spec
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.shutdown = Shutdown(grace)
+        self.metrics = metrics
         self.running: dict[str, Running] = {}
         self._pending: list[Settlement] = []
         self._stragglers = 0  # thread calls past their timeout that still occupy a thread
@@ -235,7 +241,7 @@ class Worker:
             self._dead_letter_undeliverable(delivery, exc)
             return
         max_attempts = task.options.max_attempts if call.retries is None else call.retries + 1
-        entry = Running(delivery, task, max_attempts)
+        entry = Running(delivery, task, max_attempts, callback_url=call.callback_url)
         self.running[delivery.message_id] = entry
         if delivery.cancel_requested:
             logger.info("job cancelled before start job_id=%s task=%s", call.job_id, task.name)
@@ -252,6 +258,8 @@ class Worker:
             delivery.queue,
             delivery.delivery_count,
         )
+        if self.metrics is not None:
+            self.metrics.job_started(delivery.queue, task.name, delivery.enqueued_at)
         if task.options.pool == "thread":
             self._start_thread(entry, task, call)
         else:
@@ -373,8 +381,21 @@ class Worker:
             return  # Given back at shutdown, or failed at its timeout already.
         del self.running[entry.delivery.message_id]
         assert entry.task is not None
-        self._pending.append(self._settlement(entry, entry.task, outcome))
+        settlement = self._settlement(entry, entry.task, outcome)
+        if self.metrics is not None:
+            run_seconds = time.monotonic() - entry.started
+            self.metrics.job_settled(entry.task.name, settlement, run_seconds)
+        if entry.callback_url and settlement.job is not None and settlement.job.state.is_final:
+            # The I/O thread runs calls in order, so this enqueue commits before the settlement.
+            self._io.submit(self._enqueue_webhook, entry.delivery, entry.callback_url)
+        self._pending.append(settlement)
         self._poke()
+
+    def _enqueue_webhook(self, delivery: Delivery, url: str) -> None:
+        try:
+            enqueue_delivery(self.app, self.backend, delivery.message_id, delivery.queue, url)
+        except Exception:
+            logger.exception("webhook delivery not enqueued job_id=%s", delivery.message_id)
 
     def _settlement(self, entry: Running, task: Task[Any, Any], outcome: RunOutcome) -> Settlement:
         delivery, job_id = entry.delivery, entry.delivery.message_id
