@@ -105,3 +105,13 @@ def test_console_script_prints_no_traceback(app_dir: Path) -> None:
         result.stderr.strip()
         == "Error: job 'no-such-id' not found (never enqueued, or its record expired)"
     )
+
+
+def test_enqueue_keeps_big_integers(app_dir: Path) -> None:
+    big = 123456789012345678901234567890
+    code, _ = run("enqueue", "cli_app:app", "cli_app.add", "--args", f"[{big}, 1]")
+    assert code == 0
+    import cli_app
+
+    body = cli_app.app.backend.reserve(["default"], 1, 30.0, "test")[0].body
+    assert str(big).encode() in body

@@ -508,3 +508,32 @@ def test_async_enqueue_many(app: App) -> None:
 
     assert len(jobs) == 2
     assert [job.status for job in jobs] == [JobState.QUEUED, JobState.QUEUED]
+
+
+@pytest.mark.parametrize("delay", [float("inf"), 1e300, -1, "5", True])
+def test_delay_rejected_out_of_range(app: App, delay: object) -> None:
+    task = app.task(lambda: None, name="delay_check")
+    with pytest.raises(ConfigurationError):
+        task.enqueue(delay=delay)  # type: ignore[arg-type]
+
+
+def test_batch_over_bound_is_rejected(app: App) -> None:
+    app.queue("tiny", max_length=3)
+    task = app.task(lambda x: x, name="tiny_task", queue="tiny")
+    with pytest.raises(ConfigurationError, match="smaller batches"):
+        task.enqueue_many([((i,), {}) for i in range(4)])
+    assert app.queue("tiny").stats().ready == 0
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///:memory:", "sqlite:////tmp/x.db?mode=ro", "sqlite:////tmp/"]
+)
+def test_sqlite_url_without_file_rejected(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        App(url)
+
+
+@pytest.mark.parametrize("retry_on", ["ValueError", (ValueError, "x"), 3])
+def test_retry_on_must_be_exceptions(app: App, retry_on: object) -> None:
+    with pytest.raises(ConfigurationError, match="retry_on"):
+        app.task(lambda: None, name="retry_on_check", retry_on=retry_on)  # type: ignore[arg-type]

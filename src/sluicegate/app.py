@@ -29,7 +29,7 @@ from sluicegate.schedule import (
     declare,
 )
 from sluicegate.store import NewJob
-from sluicegate.task import Pool, Task, TaskOptions
+from sluicegate.task import Pool, Task, TaskOptions, check_priority
 from sluicegate.webhooks import WEBHOOK_TASK, webhook_task
 
 P = ParamSpec("P")
@@ -132,8 +132,12 @@ class App:
         _check_queue_name(name)
         if max_length is not None or max_wait is not None:
             current = self._bounds.get(name, QueueBounds())
-            if max_length is not None:
-                _check_positive("max_length", max_length)
+            if max_length is not None and (
+                isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
+            ):
+                raise ConfigurationError(
+                    f"max_length must be a positive integer, got {max_length!r}"
+                )
             if max_wait is not None:
                 _check_positive("max_wait", max_wait)
             self._bounds[name] = QueueBounds(
@@ -203,8 +207,8 @@ class App:
                 backoff=backoff or self.backoff,
                 timeout=None if timeout is None else _check_positive("timeout", timeout),
                 pool=_pick_pool(function, pool),
-                priority=priority,
-                retry_on=tuple(retry_on),
+                priority=check_priority(priority),
+                retry_on=_check_retry_on(retry_on),
                 lease=self.lease if lease is None else _check_positive("lease", lease),
                 retention=(
                     self.retention if retention is None else _check_positive("retention", retention)
@@ -297,6 +301,11 @@ class App:
         self, task: Task[Any, Any], jobs: list[NewJob], connection: Any = None
     ) -> list[Job[Any]]:
         bounds = self.bounds(task.options.queue)
+        if len(jobs) > bounds.max_length:
+            raise ConfigurationError(
+                f"a batch of {len(jobs)} jobs can never fit queue {task.options.queue!r}, "
+                f"whose max_length is {bounds.max_length}; enqueue it in smaller batches"
+            )
         if connection is None:
             results = self.backend.enqueue_jobs(jobs, bounds)
         elif isinstance(self.backend, TransactionalEnqueue):
@@ -344,6 +353,17 @@ def _check_positive(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
     return float(value)
+
+
+def _check_retry_on(retry_on: object) -> tuple[type[BaseException], ...]:
+    kinds = (retry_on,) if isinstance(retry_on, type) else retry_on
+    if isinstance(kinds, tuple | list) and all(
+        isinstance(kind, type) and issubclass(kind, BaseException) for kind in kinds
+    ):
+        return tuple(kinds)
+    raise ConfigurationError(
+        f"retry_on must be exception classes, e.g. (ConnectionError,), got {retry_on!r}"
+    )
 
 
 def _check_retries(retries: int) -> int:

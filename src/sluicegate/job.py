@@ -30,8 +30,9 @@ class Job(Generic[R]):
         self._record = record
 
     def __repr__(self) -> str:
-        state = self._record.state.value if self._record else "unknown"
-        return f"Job({self.id!r}, state={state!r})"
+        if self._record is None:
+            return f"Job({self.id!r})"
+        return f"Job({self.id!r}, state={self._record.state.value!r})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Job) and other.id == self.id

@@ -68,6 +68,10 @@ class Message:
 
     def extend(self, seconds: float) -> None:
         """Extend the lease to ``seconds`` from now; raise ``LeaseLost`` if it is gone."""
+        if not 0 < seconds <= 24 * 3600:
+            raise ValueError(
+                f"lease extension must be between 0 and 86400 seconds, got {seconds!r}"
+            )
         (held,) = self.queue.app.backend.extend([self.delivery], seconds)
         if not held:
             raise LeaseLost(self.id)

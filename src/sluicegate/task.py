@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import inspect
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -191,7 +190,7 @@ class Task(Generic[P, R]):
             id=job_id,
             queue=self.options.queue,
             body=body,
-            priority=self.options.priority if priority is None else _check_priority(priority),
+            priority=self.options.priority if priority is None else check_priority(priority),
             ready_at=ready_time(now, delay, eta),
             enqueued_at=now,
         )
@@ -220,6 +219,11 @@ def _positional_range(signature: inspect.Signature) -> tuple[int, int] | None:
     return required, len(parameters)
 
 
+#: Longest delay, in seconds, that enqueue accepts: 10 years. An eta or delay
+#: beyond it is far more likely a unit mistake than a plan.
+MAX_DELAY = 10 * 365.25 * 24 * 3600
+
+
 def ready_time(now: float, delay: float | dt.timedelta | None, eta: dt.datetime | None) -> float:
     """Return the Unix time a message becomes ready; an ``eta`` in the past means now."""
     if delay is not None and eta is not None:
@@ -232,16 +236,29 @@ def ready_time(now: float, delay: float | dt.timedelta | None, eta: dt.datetime 
                 f"eta {eta.isoformat()} has no time zone; pass an aware datetime, "
                 "e.g. datetime.now(timezone.utc) + timedelta(minutes=5)"
             )
-        return max(eta.timestamp(), now)
+        ready_at = eta.timestamp()
+        if ready_at - now > MAX_DELAY:
+            raise ConfigurationError(f"eta {eta.isoformat()} is more than 10 years away")
+        return max(ready_at, now)
     if delay is None:
         return now
-    seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else float(delay)
-    if not 0 <= seconds < math.inf:
-        raise ConfigurationError(f"delay must be a non-negative number of seconds, got {delay!r}")
+    if isinstance(delay, dt.timedelta):
+        seconds = delay.total_seconds()
+    elif isinstance(delay, int | float) and not isinstance(delay, bool):
+        seconds = float(delay)
+    else:
+        raise ConfigurationError(
+            f"delay must be a number of seconds or a timedelta, got {type(delay).__name__}"
+        )
+    if not 0 <= seconds <= MAX_DELAY:
+        raise ConfigurationError(
+            f"delay must be between 0 and {MAX_DELAY:g} seconds (10 years), got {delay!r}"
+        )
     return now + seconds
 
 
-def _check_priority(priority: int) -> int:
+def check_priority(priority: int) -> int:
+    """Return ``priority`` if it is an int from -1000 to 1000; raise ``ConfigurationError``."""
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise ConfigurationError(f"priority must be an int, got {type(priority).__name__}")
     if not -1000 <= priority <= 1000:

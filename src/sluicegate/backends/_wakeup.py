@@ -26,7 +26,7 @@ import time
 logger = logging.getLogger(__name__)
 
 #: Tries to bind a socket while other listeners may remove the empty directory.
-BIND_ATTEMPTS = 5
+BIND_ATTEMPTS = 20
 
 #: Nanoseconds after a directory change during which its listing is read again
 #: at every notify, longer than any file system's timestamp granularity here.
@@ -62,15 +62,18 @@ class Notifier:
     def _current_targets(self) -> list[str]:
         try:
             mtime = os.stat(self._directory).st_mtime_ns
-        except FileNotFoundError:
+        except OSError:
             return []
         # A directory's mtime has the file system's coarse granularity, so a
         # listener bound just after a listing may leave it unchanged: a listing
         # taken that recently is not trusted.
         recent = time.time_ns() - mtime < RACY_LISTING_NS
         if mtime != self._listing_mtime or recent:
+            try:
+                names = os.listdir(self._directory)
+            except OSError:
+                return []  # The last listener removed the directory meanwhile.
             self._listing_mtime = mtime
-            names = os.listdir(self._directory)
             self._targets = [os.path.join(self._directory, n) for n in names if n.endswith(".sock")]
         return self._targets
 
@@ -96,14 +99,22 @@ class Listener:
         self.path = os.path.join(directory, f"{os.getpid()}-{os.urandom(4).hex()}.sock")
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         for _ in range(BIND_ATTEMPTS):
-            os.makedirs(directory, mode=0o777, exist_ok=True)
+            # Another process's last listener may remove the directory at any
+            # moment, between any two of these steps; each race means try again.
+            try:
+                os.mkdir(directory, mode=0o777)
+            except FileExistsError:
+                pass
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(directory), exist_ok=True)
+                continue
             with contextlib.suppress(OSError):
                 os.chmod(directory, 0o1777)  # Producers of other users may wake us.
             try:
                 self._socket.bind(self.path)
                 break
             except FileNotFoundError:
-                continue  # The last listener removed the directory meanwhile.
+                continue
         else:
             self._socket.close()
             raise OSError(f"cannot bind a wake-up socket in {directory}")

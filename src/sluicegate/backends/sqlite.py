@@ -84,12 +84,20 @@ def parse_path(url: str) -> str:
     if not url.startswith(prefix):
         raise ConfigurationError(f"not a sqlite URL: {url!r}")
     rest = url[len(prefix) :]
-    if not rest.startswith("/") or len(rest) < 2:
+    if not rest.startswith("/") or len(rest) < 2 or rest.endswith("/"):
         raise ConfigurationError(
             f"invalid sqlite URL {url!r}; use sqlite:///relative/path.db "
             "or sqlite:////absolute/path.db"
         )
-    return rest[1:]
+    path = rest[1:]
+    if path == ":memory:" or path.startswith("file:"):
+        raise ConfigurationError(
+            f"sqlite URL {url!r} names no file; workers and producers in other processes "
+            "must share one database file, so give a path"
+        )
+    if "?" in path:
+        raise ConfigurationError(f"sqlite URL {url!r} takes no query options; give a plain path")
+    return path
 
 
 class SQLiteBackend:
@@ -121,7 +129,14 @@ class SQLiteBackend:
         self._wake_dir = channel_dir(path)
         self._notifier = Notifier(self._wake_dir)
         self._result_notifier = Notifier(self._wake_dir + "-results")
-        self._create_schema()
+        try:
+            self._create_schema()
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise ConfigurationError(
+                f"cannot use {self.path} as a SQLite database: {exc}; it must be a SQLite "
+                "file (or a new path) on a local disk"
+            ) from exc
 
     # -- connections and transactions
 
@@ -134,15 +149,21 @@ class SQLiteBackend:
         return conn
 
     def _connect(self) -> sqlite3.Connection:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path,
-            timeout=min(self.busy_timeout, 5.0),
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        self._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+        directory = os.path.dirname(self.path)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path,
+                timeout=min(self.busy_timeout, 5.0),
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            self._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise ConfigurationError(
+                f"cannot open SQLite database {self.path}: {exc}; check that the path is a "
+                "writable file in a writable directory on a local disk"
+            ) from exc
         conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
         conn.execute("PRAGMA foreign_keys=OFF")
         with self._connections_lock:
@@ -514,7 +535,8 @@ class SQLiteBackend:
             (now,),
         )
         expired = conn.execute(
-            f"UPDATE messages SET state = {READY}, due_at = NULL, worker = NULL "
+            # worker keeps the old holder, for this log line; the next reserve replaces it.
+            f"UPDATE messages SET state = {READY}, due_at = NULL "
             f"WHERE state = {RESERVED} AND due_at < ? RETURNING id, queue, worker, deliveries",
             (now,),
         ).fetchall()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import click
@@ -10,19 +11,25 @@ import orjson
 
 from sluicegate import codec
 from sluicegate.cli._common import import_app, user_errors
+from sluicegate.errors import DecodeError
 from sluicegate.store import JobRecord
 
 
 def _parse_json(value: str, option: str, kind: type) -> Any:
+    # The standard json module keeps integers of any size exact, where orjson
+    # would turn one beyond 64 bits into a float.
     try:
-        parsed = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
+        parsed = json.loads(value)
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise click.BadParameter(f"invalid JSON: {exc}", param_hint=option) from None
     if not isinstance(parsed, kind):
         raise click.BadParameter(
             f"must be a JSON {'array' if kind is list else 'object'}", param_hint=option
         )
-    return codec.from_json(parsed)
+    try:
+        return codec.from_json(parsed)
+    except DecodeError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 @click.command()

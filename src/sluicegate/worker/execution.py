@@ -51,7 +51,9 @@ def run_sync(
         value = task.fn(*call.args, **call.kwargs)
     except Cancelled:
         return RunOutcome("cancelled", cancel_seen=True)
-    except Exception as exc:
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        # SystemExit or KeyboardInterrupt raised by task code ends the attempt,
+        # not the worker; retry_on decides, and its default covers neither.
         return classify_error(task, exc, context)
     finally:
         reset_job_context(token)
@@ -67,7 +69,9 @@ async def run_async(
         value = await task.fn(*call.args, **call.kwargs)
     except Cancelled:
         return RunOutcome("cancelled", cancel_seen=True)
-    except Exception as exc:
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        # SystemExit or KeyboardInterrupt raised by task code ends the attempt,
+        # not the worker; retry_on decides, and its default covers neither.
         return classify_error(task, exc, context)
     finally:
         reset_job_context(token)
@@ -85,7 +89,7 @@ def encode_result(value: Any, context: JobContext, max_size: int) -> RunOutcome:
     return RunOutcome("ok", result=result, cancel_seen=context._cancel_seen)
 
 
-def classify_error(task: Task[Any, Any], exc: Exception, context: JobContext) -> RunOutcome:
+def classify_error(task: Task[Any, Any], exc: BaseException, context: JobContext) -> RunOutcome:
     """Turn an exception raised by a task into an outcome, deciding if it is retryable."""
     error = describe_error(exc)
     if isinstance(exc, Retry):

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from sluicegate.backends.base import Backend
 from sluicegate.broker import Action, Settlement
 from sluicegate.context import JobContext
-from sluicegate.errors import DecodeError, UnknownTask
+from sluicegate.errors import DecodeError, StoreUnavailable, UnknownTask
 from sluicegate.message import Delivery, TaskCall, decode_task_call
 from sluicegate.store import ErrorInfo, JobState, JobUpdate
 from sluicegate.task import Task
@@ -43,6 +43,9 @@ MAX_IDLE_WAIT = 2.0
 
 #: Longest wait, in seconds, for more finished jobs to settle in the same commit.
 COALESCE_WINDOW = 0.002
+
+#: Longest pause, in seconds, between two attempts to reach an unavailable backend.
+OUTAGE_BACKOFF_CAP = 30.0
 
 #: Seconds between two purges of expired job records.
 PURGE_INTERVAL = 60.0
@@ -106,6 +109,7 @@ class Worker:
         self.running: dict[str, Running] = {}
         self._pending: list[Settlement] = []
         self._stragglers = 0  # thread calls past their timeout that still occupy a thread
+        self._outages = 0  # consecutive exchanges that failed with StoreUnavailable
         self._wake: asyncio.Event | None = None
         self._io = ThreadPoolExecutor(1, thread_name_prefix="sluicegate-io")
         self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="sluicegate-task")
@@ -174,22 +178,44 @@ class Worker:
                 await self._coalesce()
                 settlements, self._pending = self._pending, []
                 free = self.concurrency - len(self.running) - self._stragglers
-            settled, deliveries = await self._call(
-                self.backend.exchange,
-                settlements,
-                self.queues,
-                max(free, 0),
-                self.lease,
-                self.name,
-            )
+            try:
+                settled, deliveries = await self._call(
+                    self.backend.exchange,
+                    settlements,
+                    self.queues,
+                    max(free, 0),
+                    self.lease,
+                    self.name,
+                )
+            except StoreUnavailable as exc:
+                # The backend retried for its own window already. Keep the outcomes
+                # and try again: a settlement that did land is rejected by its fence.
+                self._pending = settlements + self._pending
+                await self._wait_out_outage(exc)
+                continue
+            self._outages = 0
             self._after_settle(settlements, settled)
             for delivery in deliveries:
                 self._start(delivery)
             if time.monotonic() - last_purge > PURGE_INTERVAL:
                 last_purge = time.monotonic()
-                await self._call(self.backend.purge_expired)
+                with contextlib.suppress(StoreUnavailable):
+                    await self._call(self.backend.purge_expired)
             if not deliveries and not self._pending:
                 await self._sleep(await self._idle_wait())
+
+    async def _wait_out_outage(self, error: StoreUnavailable) -> None:
+        self._outages += 1
+        delay = min(OUTAGE_BACKOFF_CAP, 0.5 * 2 ** min(self._outages, 8))
+        logger.error(
+            "backend unavailable, worker keeps its jobs and retries worker=%s "
+            "outages=%d retry_in_s=%.1f error=%s",
+            self.name,
+            self._outages,
+            delay,
+            error,
+        )
+        await self._sleep(delay)
 
     async def _coalesce(self) -> None:
         """Wait up to ``COALESCE_WINDOW`` for more jobs to finish, to settle them together.
@@ -208,7 +234,10 @@ class Worker:
             await self._sleep(remaining)
 
     async def _idle_wait(self) -> float:
-        due = await self._call(self.backend.next_due)
+        try:
+            due = await self._call(self.backend.next_due)
+        except StoreUnavailable:
+            return MAX_IDLE_WAIT
         if due is None:
             return MAX_IDLE_WAIT
         return min(max(due - time.time(), 0.001), MAX_IDLE_WAIT)
