@@ -33,10 +33,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, cast, overload
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterError, croniter  # type: ignore[import-untyped]
-
 from sluicegate.errors import ConfigurationError
 from sluicegate.task import Task
+
+
+def _croniter() -> Any:
+    """Return the croniter module, imported on first use.
+
+    Workers import this module through the app; importing croniter (and
+    dateutil with it) only when a cron rule is built keeps their memory down.
+    """
+    import croniter  # type: ignore[import-untyped]
+
+    return croniter
+
 
 if TYPE_CHECKING:
     from sluicegate.app import App
@@ -117,8 +127,8 @@ class CronRule:
                 "(minute hour day-of-month month day-of-week), e.g. '0 3 * * *'"
             )
         try:
-            parsed = croniter(text, dt.datetime(2000, 1, 1))
-        except CroniterError as exc:
+            parsed = _croniter().croniter(text, dt.datetime(2000, 1, 1))
+        except _croniter().CroniterError as exc:
             raise ConfigurationError(f"invalid cron expression {expression!r}: {exc}") from None
         self.expression = text
         self.timezone = timezone
@@ -126,7 +136,7 @@ class CronRule:
         self._every_hour = parsed.expanded[1] == ["*"]
         try:
             self.next_fire(dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
-        except CroniterError:
+        except _croniter().CroniterError:
             raise ConfigurationError(
                 f"cron expression {expression!r} never fires (no matching date)"
             ) from None
@@ -142,11 +152,11 @@ class CronRule:
         after = _to_utc(after, "after")
         local = after.astimezone(self.timezone).replace(tzinfo=None)
         if self._steady(after):
-            slot: dt.datetime = croniter(self.expression, local).get_next(dt.datetime)
+            slot: dt.datetime = _croniter().croniter(self.expression, local).get_next(dt.datetime)
             fire = slot.replace(tzinfo=self.timezone).astimezone(dt.UTC)
             if self._steady(fire):
                 return fire
-        slots = croniter(self.expression, local - _OFFSET_MARGIN)
+        slots = _croniter().croniter(self.expression, local - _OFFSET_MARGIN)
         return self._scan(lambda: slots.get_next(dt.datetime), lambda t: t > after, min)
 
     def latest_fire(self, until: dt.datetime) -> dt.datetime | None:
@@ -154,13 +164,15 @@ class CronRule:
         local = until.astimezone(self.timezone).replace(tzinfo=None)
         # croniter's get_prev returns times strictly before its start, hence the microsecond.
         if self._steady(until):
-            slot: dt.datetime = croniter(self.expression, local + _ONE_MICROSECOND).get_prev(
-                dt.datetime
+            slot: dt.datetime = (
+                _croniter()
+                .croniter(self.expression, local + _ONE_MICROSECOND)
+                .get_prev(dt.datetime)
             )
             fire = slot.replace(tzinfo=self.timezone).astimezone(dt.UTC)
             if self._steady(fire):
                 return fire
-        slots = croniter(self.expression, local + _OFFSET_MARGIN + _ONE_MICROSECOND)
+        slots = _croniter().croniter(self.expression, local + _OFFSET_MARGIN + _ONE_MICROSECOND)
         return self._scan(lambda: slots.get_prev(dt.datetime), lambda t: t <= until, max)
 
     def _steady(self, moment: dt.datetime) -> bool:

@@ -1,12 +1,14 @@
-"""``sluicegate queues`` and ``sluicegate dead-letters``."""
+"""``sluicegate queues`` and ``sluicegate dead-letters``.
+
+rich is imported inside the commands that print tables, so that a worker
+process, which loads this module through the CLI, never loads it.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from sluicegate.cli._common import import_app, user_errors
 
@@ -16,6 +18,9 @@ from sluicegate.cli._common import import_app, user_errors
 @user_errors
 def queues(app_spec: str) -> None:
     """Show each queue: ready, delayed, running, dead, oldest ready age, bound."""
+    from rich.console import Console
+    from rich.table import Table
+
     app = import_app(app_spec)
     table = Table("queue", "ready", "delayed", "running", "dead", "oldest ready", "bound")
     for stats in app.backend.stats():
@@ -46,6 +51,9 @@ def dead_letters() -> None:
 @user_errors
 def list_dead(app_spec: str, queue: str, limit: int) -> None:
     """List dead letters, oldest first, with the reason of each."""
+    from rich.console import Console
+    from rich.table import Table
+
     app = import_app(app_spec)
     table = Table("message id", "dead since (UTC)", "deliveries", "reason")
     for letter in app.queue(queue).dead_letters(limit):

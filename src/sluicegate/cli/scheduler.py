@@ -7,8 +7,6 @@ import signal
 from types import FrameType
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from sluicegate.app import App
 from sluicegate.cli._common import import_app, user_errors
@@ -59,6 +57,9 @@ def scheduler(app_spec: str, lease: float) -> None:
 @user_errors
 def schedules(app_spec: str, count: int) -> None:
     """Show each schedule: its next fires (local time and UTC), last fire and that job's state."""
+    from rich.console import Console
+    from rich.table import Table
+
     app = import_app(app_spec)
     now = dt.datetime.now(dt.UTC)
     table = Table(

@@ -17,20 +17,21 @@ import asyncio
 import contextlib
 import importlib
 import logging
-import multiprocessing
 import os
 import signal
 import sys
 from collections.abc import Callable
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sluicegate.context import JobContext
 from sluicegate.errors import ConfigurationError
 from sluicegate.message import decode_task_call
 from sluicegate.store import ErrorInfo
 from sluicegate.worker.execution import RunOutcome, run_sync
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class ProcessPool:
         self.size = size
         self.app_spec = app_spec
         self.sys_path = list(sys_path if sys_path is not None else sys.path)
+        import multiprocessing  # Imported here: workers without process tasks never need it.
+
         self._context = multiprocessing.get_context("spawn")
         self._idle: asyncio.Queue[_Child] | None = None
         self._started = 0
