@@ -378,12 +378,18 @@ class SQLiteBackend:
                 for m in messages
             ],
         )
-        self._count(conn, messages[0].queue, now, enqueued=len(messages))
+        self._count(conn, messages[0].queue, now, enqueued=len(messages), added=len(messages))
 
     @staticmethod
     def _count(
-        conn: sqlite3.Connection, queue: str, now: float, enqueued: int = 0, completed: int = 0
+        conn: sqlite3.Connection,
+        queue: str,
+        now: float,
+        enqueued: int = 0,
+        completed: int = 0,
+        added: int = 0,
     ) -> None:
+        """Count enqueued and completed messages, and add ``added`` new ones to the length."""
         # SQLite evaluates every SET expression on the row's old values, so the
         # bucket comparisons below all see the bucket before this update.
         conn.execute(
@@ -394,8 +400,8 @@ class SQLiteBackend:
             "  WHEN :b - 1 THEN completed_now ELSE 0 END, "
             "enqueued_now = (CASE bucket WHEN :b THEN enqueued_now ELSE 0 END) + :e, "
             "completed_now = (CASE bucket WHEN :b THEN completed_now ELSE 0 END) + :c, "
-            "bucket = :b WHERE name = :q",
-            {"b": _bucket(now), "e": enqueued, "c": completed, "q": queue},
+            "bucket = :b, length = length + :a WHERE name = :q",
+            {"b": _bucket(now), "e": enqueued, "c": completed, "a": added, "q": queue},
         )
 
     # -- reserve, settle, extend

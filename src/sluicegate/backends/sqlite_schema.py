@@ -4,8 +4,10 @@
 in the queue and its lease. ``jobs`` is the store: one row per job, kept
 until its retention ends. A task message and its job share one id, so the
 backend settles a message and records the job's outcome in one transaction.
-``queues`` keeps each queue's length, maintained by triggers so it can never
-drift from ``messages``; the bound check reads it instead of counting rows.
+``queues`` keeps each queue's length, so the bound check reads one row
+instead of counting messages. The enqueue adds its batch to the length in
+the same transaction as the insert; triggers subtract deletes and account
+for moves to and from the dead-letter state, so the length cannot drift.
 """
 
 from __future__ import annotations
@@ -62,11 +64,9 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, state, prio, order_at);
 CREATE INDEX IF NOT EXISTS messages_due ON messages (state, due_at) WHERE due_at IS NOT NULL;
 
-CREATE TRIGGER IF NOT EXISTS messages_count_insert AFTER INSERT ON messages BEGIN
-    INSERT INTO queues (name) VALUES (NEW.queue) ON CONFLICT (name) DO NOTHING;
-    UPDATE queues SET length = length + (NEW.state != {DEAD}), dead = dead + (NEW.state = {DEAD})
-    WHERE name = NEW.queue;
-END;
+-- Inserts are counted by the enqueue itself, one UPDATE per batch rather than
+-- one per row: every insert goes through the admission step, which adds them.
+DROP TRIGGER IF EXISTS messages_count_insert;
 CREATE TRIGGER IF NOT EXISTS messages_count_delete AFTER DELETE ON messages BEGIN
     UPDATE queues SET length = length - (OLD.state != {DEAD}), dead = dead - (OLD.state = {DEAD})
     WHERE name = OLD.queue;
