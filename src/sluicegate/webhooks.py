@@ -27,9 +27,7 @@ import hmac
 import logging
 import os
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -191,8 +189,16 @@ def _deliver(app: App, job_id: str, url: str) -> int:
         "Sluicegate-Job-Id": job_id,
         SIGNATURE_HEADER: sign(policy.secret, int(time.time()), body),
     }
+    # urllib.request pulls in http.client and email; only webhook deliveries need them.
+    import urllib.error
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None  # A redirect could lead off the allow-list.
+
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    opener = urllib.request.build_opener(_NoRedirect)
+    opener = urllib.request.build_opener(NoRedirect)
     try:
         with opener.open(request, timeout=REQUEST_TIMEOUT) as response:
             status = int(response.status)
@@ -202,8 +208,3 @@ def _deliver(app: App, job_id: str, url: str) -> int:
         raise WebhookError(f"webhook to {url} failed: {exc}") from None
     logger.info("webhook delivered job_id=%s status=%d", job_id, status)
     return status
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
