@@ -91,6 +91,8 @@ class WebhookPolicy:
 
     def check(self, url: str) -> str | None:
         """Return why ``url`` may not be called, or None if it may."""
+        if any(char.isspace() or ord(char) < 0x20 or ord(char) == 0x7F for char in url):
+            return "callback_url must not contain spaces or control characters"
         try:
             parts = urllib.parse.urlsplit(url)
             port = parts.port

@@ -75,6 +75,22 @@ def test_enqueue_rejects_with_422(
     assert [error["loc"][: len(location)] for error in errors] == [location]
 
 
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_delay_is_422(deployment: Deployment, raw: str) -> None:
+    # JSON has no NaN or Infinity, but Python's parser accepts them; the error
+    # must still be answered as JSON, which cannot hold them.
+    deployment.serve()
+    content = f'{{"task": "{deployment.module}.add", "args": [1, 2], "delay": {raw}}}'
+    response = httpx.post(
+        f"{deployment.base_url}/v1/queues/default/jobs",
+        content=content,
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][:2] == ["body", "delay"]
+
+
 def test_body_over_limit_is_413(deployment: Deployment) -> None:
     deployment.serve("--max-body-size", "4096")
     url = f"{deployment.base_url}/v1/queues/default/jobs"

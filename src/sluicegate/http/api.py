@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -135,6 +136,16 @@ class _State:
 
 
 def _add_error_handlers(api: FastAPI) -> None:
+    @api.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # The default handler echoes each invalid input, and an input such as NaN
+        # cannot be written back as JSON; the location and message name the field.
+        errors = [
+            {key: value for key, value in error.items() if key in ("loc", "msg", "type")}
+            for error in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
+
     @api.exception_handler(StoreUnavailable)
     async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
         logger.error("store unavailable path=%s error=%s", request.url.path, exc)

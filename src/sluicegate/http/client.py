@@ -310,8 +310,12 @@ class Client:
         return _queue_stats(_check(self.request("GET", f"/v1/queues/{name}")))
 
     def events(self, job_id: str, last_event_id: int | None = None) -> Iterator[JobEvent]:
-        """Yield the job's events until it is final, reconnecting with ``Last-Event-ID``."""
-        started = time.monotonic()
+        """Yield the job's events until it is final, reconnecting with ``Last-Event-ID``.
+
+        ``max_elapsed`` bounds each outage, counted from the first failed
+        attempt after the stream last connected, not the whole stream.
+        """
+        outage_started: float | None = None
         attempt = 0
         while True:
             headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
@@ -325,6 +329,7 @@ class Client:
                         if response.status_code >= 400:
                             response.read()
                             _check(response, job_id)
+                        outage_started, attempt = None, 0
                         parser = _EventParser()
                         for line in response.iter_lines():
                             event = parser.feed(line)
@@ -340,7 +345,9 @@ class Client:
             except httpx.TransportError as exc:
                 outcome = exc
             attempt += 1
-            time.sleep(self._policy.pause(attempt, started, outcome))
+            if outage_started is None:
+                outage_started = time.monotonic()
+            time.sleep(self._policy.pause(attempt, outage_started, outcome))
 
     def wait(self, job_id: str, timeout: float | None = None) -> RemoteJob:
         """Block until the job is final and return it; raise ``JobTimeout`` after ``timeout``."""
@@ -444,8 +451,12 @@ class AsyncClient:
     async def events(
         self, job_id: str, last_event_id: int | None = None
     ) -> AsyncIterator[JobEvent]:
-        """Yield the job's events until it is final, reconnecting with ``Last-Event-ID``."""
-        started = time.monotonic()
+        """Yield the job's events until it is final, reconnecting with ``Last-Event-ID``.
+
+        ``max_elapsed`` bounds each outage, counted from the first failed
+        attempt after the stream last connected, not the whole stream.
+        """
+        outage_started: float | None = None
         attempt = 0
         while True:
             headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
@@ -460,6 +471,7 @@ class AsyncClient:
                         if response.status_code >= 400:
                             await response.aread()
                             _check(response, job_id)
+                        outage_started, attempt = None, 0
                         parser = _EventParser()
                         async for line in response.aiter_lines():
                             event = parser.feed(line)
@@ -472,7 +484,9 @@ class AsyncClient:
             except httpx.TransportError as exc:
                 outcome = exc
             attempt += 1
-            await asyncio.sleep(self._policy.pause(attempt, started, outcome))
+            if outage_started is None:
+                outage_started = time.monotonic()
+            await asyncio.sleep(self._policy.pause(attempt, outage_started, outcome))
 
     async def wait(self, job_id: str, timeout: float | None = None) -> RemoteJob:
         """Wait until the job is final and return it; raise ``JobTimeout`` after ``timeout``."""
