@@ -48,12 +48,20 @@ def fire_times(fires: Iterable[Fire]) -> list[str]:
     return [iso_utc(fire.fire_time) for fire in fires]
 
 
+#: The idempotency key of every job record in a SQLite file. A job that no worker
+#: reserved yet has no jobs row: its record is its task message with fence 0.
+SQLITE_JOB_KEYS = (
+    "SELECT idempotency_key FROM jobs UNION ALL "
+    "SELECT idempotency_key FROM messages WHERE task IS NOT NULL AND fence = 0"
+)
+
+
 def keyed_jobs(db_path: Path, prefix: str) -> dict[str, int]:
     """Count the job records of each idempotency key that starts with ``prefix``."""
     conn = sqlite3.connect(db_path, timeout=30.0)
     try:
         rows = conn.execute(
-            "SELECT idempotency_key, count(*) FROM jobs "
+            f"SELECT idempotency_key, count(*) FROM ({SQLITE_JOB_KEYS}) "
             "WHERE substr(idempotency_key, 1, length(?)) = ? GROUP BY idempotency_key",
             (prefix, prefix),
         ).fetchall()

@@ -27,6 +27,8 @@ from sluicegate.schedule import iso_utc, parse_iso_utc
 from sluicegate.scheduler import LEADER_LOCK, read_state
 from worker.support import SLUICEGATE_COMMAND, WorkerProcess, wait_until
 
+from .support import SQLITE_JOB_KEYS
+
 #: Lease of the leader lock in the failover test, in seconds.
 LEASE = 2.0
 
@@ -188,11 +190,11 @@ def test_failover_enqueues_each_fire_once(
 
 
 def sqlite_jobs_per_key(path: str) -> dict[str, int]:
-    """Count the job rows of each idempotency key, straight from the SQLite file."""
+    """Count the job records of each idempotency key, straight from the SQLite file."""
     conn = sqlite3.connect(path, timeout=30.0)
     try:
         rows = conn.execute(
-            "SELECT idempotency_key, count(*) FROM jobs GROUP BY idempotency_key"
+            f"SELECT idempotency_key, count(*) FROM ({SQLITE_JOB_KEYS}) GROUP BY idempotency_key"
         ).fetchall()
     finally:
         conn.close()

@@ -32,6 +32,7 @@ from sluicegate.backends.sqlite_schema import (
     BUCKET_SECONDS,
     DEAD,
     DELAYED,
+    MESSAGE_COLUMNS_ADDED_IN_2,
     READY,
     RESERVED,
     SCHEMA,
@@ -62,6 +63,14 @@ _JOB_COLUMNS = (
 # A record past its retention reads as not found, even before purge_expired deletes it.
 _UNEXPIRED = "(expires_at IS NULL OR expires_at > ?)"
 _PENDING_JOB_STATES = ("queued", "retrying")
+
+# A task message that was never delivered: its job has no jobs row yet.
+_NO_JOB_ROW = "task IS NOT NULL AND fence = 0"
+# The record of such a job, read from its message in the order of _JOB_COLUMNS.
+_DERIVED_JOB_COLUMNS = (
+    "id, task, queue, 'queued', 0, enqueued_at, order_at, NULL, NULL, NULL, "
+    "NULL, NULL, NULL, NULL, 0, NULL, NULL, idempotency_key, NULL, 1"
+)
 
 # Delayed messages whose time has come. They count as ready in stats and in the
 # max_wait check although only the next reserve moves them to the ready state.
@@ -218,20 +227,34 @@ class SQLiteBackend:
 
         self._retry_busy(create)
         with self._write() as txn:
+            stored = txn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if stored is not None and int(stored[0]) > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"{self.path} has schema version {stored[0]}, newer than this sluicegate "
+                    f"({SCHEMA_VERSION}); upgrade sluicegate"
+                )
             columns = {row[1] for row in txn.execute("PRAGMA table_info(jobs)")}
             if "version" not in columns:  # A file made before jobs had a version column.
                 txn.execute("ALTER TABLE jobs ADD COLUMN version INTEGER NOT NULL DEFAULT 1")
-            row = txn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
+            # NOTE: a version 1 worker still running on an upgraded file finds no jobs
+            # row for new jobs and loses their records, so stop all processes first.
+            columns = {row[1] for row in txn.execute("PRAGMA table_info(messages)")}
+            for column in MESSAGE_COLUMNS_ADDED_IN_2:
+                if column not in columns:
+                    txn.execute(f"ALTER TABLE messages ADD COLUMN {column} TEXT")
+            upgraded = stored is not None and int(stored[0]) < SCHEMA_VERSION
+            if stored is None or upgraded:
                 txn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise ConfigurationError(
-                    f"{self.path} has schema version {row[0]}, newer than this sluicegate "
-                    f"({SCHEMA_VERSION}); upgrade sluicegate"
-                )
+        if upgraded:
+            logger.info(
+                "SQLite schema upgraded path=%s from_version=%s to_version=%d",
+                self.path,
+                stored[0],
+                SCHEMA_VERSION,
+            )
 
     def close(self) -> None:
         """Close every connection this backend opened."""
@@ -261,21 +284,13 @@ class SQLiteBackend:
             if fresh:
                 queue = fresh[0].message.queue
                 self._admit(conn, queue, len(fresh), bounds, now)
-                self._insert_messages(conn, [job.message for job in fresh], now)
-                conn.executemany(
-                    "INSERT INTO jobs (id, task, queue, state, created_at, eta, idempotency_key) "
-                    "VALUES (?, ?, ?, 'queued', ?, ?, ?)",
-                    [
-                        (
-                            j.message.id,
-                            j.task,
-                            queue,
-                            j.message.enqueued_at,
-                            j.message.ready_at,
-                            j.idempotency_key,
-                        )
-                        for j in fresh
-                    ],
+                # No jobs row yet: the record is derived from the message until a
+                # worker reserves it (see sqlite_schema).
+                self._insert_messages(
+                    conn,
+                    queue,
+                    [_message_row(j.message, now, j.task, j.idempotency_key) for j in fresh],
+                    now,
                 )
                 keyed = [(j.idempotency_key, j.message.id) for j in fresh if j.idempotency_key]
                 if keyed:
@@ -295,7 +310,8 @@ class SQLiteBackend:
         now = self.clock()
         with self._write() as conn:
             self._admit(conn, messages[0].queue, len(messages), bounds, now)
-            self._insert_messages(conn, messages, now)
+            rows = [_message_row(m, now) for m in messages]
+            self._insert_messages(conn, messages[0].queue, rows, now)
         if any(m.ready_at <= now for m in messages):
             self._notifier.notify()
 
@@ -309,10 +325,12 @@ class SQLiteBackend:
             key = job.idempotency_key
             existing = seen.get(key) if key is not None else None
             if key is not None and existing is None:
-                # A key lasts as long as its job's record is readable.
+                # A key lasts as long as its job's record is readable: a jobs row
+                # not past its retention, or a message the record is derived from.
                 row = conn.execute(
-                    "SELECT job_id FROM idempotency_keys JOIN jobs ON jobs.id = job_id "
-                    f"WHERE key = ? AND {_UNEXPIRED}",
+                    "SELECT job_id FROM idempotency_keys WHERE key = ? AND ("
+                    f"EXISTS (SELECT 1 FROM jobs WHERE id = job_id AND {_UNEXPIRED}) OR "
+                    f"EXISTS (SELECT 1 FROM messages WHERE id = job_id AND {_NO_JOB_ROW}))",
                     (key, now),
                 ).fetchone()
                 existing = row[0] if row else None
@@ -359,26 +377,14 @@ class SQLiteBackend:
         return _earliest(row[0], oldest_due)
 
     def _insert_messages(
-        self, conn: sqlite3.Connection, messages: Sequence[OutgoingMessage], now: float
+        self, conn: sqlite3.Connection, queue: str, rows: list[tuple[Any, ...]], now: float
     ) -> None:
         conn.executemany(
-            "INSERT INTO messages (id, queue, state, prio, order_at, due_at, enqueued_at, body) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    m.id,
-                    m.queue,
-                    READY if m.ready_at <= now else DELAYED,
-                    -m.priority,
-                    m.ready_at,
-                    None if m.ready_at <= now else m.ready_at,
-                    m.enqueued_at,
-                    m.body,
-                )
-                for m in messages
-            ],
+            "INSERT INTO messages (id, queue, state, prio, order_at, due_at, enqueued_at, "
+            "task, idempotency_key, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
         )
-        self._count(conn, messages[0].queue, now, enqueued=len(messages), added=len(messages))
+        self._count(conn, queue, now, enqueued=len(rows), added=len(rows))
 
     @staticmethod
     def _count(
@@ -577,7 +583,8 @@ class SQLiteBackend:
             if len(rows) >= limit:
                 break
             rows += conn.execute(
-                f"SELECT id, queue, fence, deliveries, enqueued_at, body FROM messages "
+                f"SELECT id, queue, fence, deliveries, enqueued_at, body, task, order_at, "
+                f"idempotency_key FROM messages "
                 f"WHERE queue = ? AND state = {READY} ORDER BY prio, order_at LIMIT ?",
                 (queue, limit - len(rows)),
             ).fetchall()
@@ -589,7 +596,7 @@ class SQLiteBackend:
             f"deliveries = deliveries + 1, worker = ? WHERE id = ?",
             [(lease_until, worker, row[0]) for row in rows],
         )
-        cancel = self._start_jobs(conn, [row[0] for row in rows], now)
+        cancel = self._start_jobs(conn, rows, now)
         return [
             Delivery(
                 message_id=message_id,
@@ -601,13 +608,23 @@ class SQLiteBackend:
                 enqueued_at=enqueued_at,
                 cancel_requested=message_id in cancel,
             )
-            for message_id, queue, fence, deliveries, enqueued_at, body in rows
+            for message_id, queue, fence, deliveries, enqueued_at, body, *_ in rows
         ]
 
     @staticmethod
-    def _start_jobs(conn: sqlite3.Connection, job_ids: list[str], now: float) -> set[str]:
+    def _start_jobs(conn: sqlite3.Connection, rows: list[Any], now: float) -> set[str]:
+        """Mark the jobs of reserved messages running; return those with a cancel request.
+
+        ``rows`` are the messages as read before the reserve. A first delivery of a
+        task message inserts its job's row, as the record derived from the message
+        would read after this change: running, attempt 1, version 2.
+        """
         cancel: set[str] = set()
-        for job_id in job_ids:
+        first = []
+        for job_id, queue, fence, _, enqueued_at, _, task, order_at, key in rows:
+            if task is not None and fence == 0:
+                first.append((job_id, task, queue, enqueued_at, order_at, now, key))
+                continue
             row = conn.execute(
                 "UPDATE jobs SET state = 'running', version = version + 1, "
                 "attempts = attempts + 1, started_at = ? "
@@ -616,6 +633,13 @@ class SQLiteBackend:
             ).fetchone()
             if row is not None and row[0]:
                 cancel.add(job_id)
+        if first:
+            conn.executemany(
+                "INSERT INTO jobs (id, task, queue, state, attempts, created_at, eta, "
+                "started_at, idempotency_key, version) "
+                "VALUES (?, ?, ?, 'running', 1, ?, ?, ?, ?, 2)",
+                first,
+            )
         return cancel
 
     def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
@@ -642,7 +666,9 @@ class SQLiteBackend:
     def get_job(self, job_id: str) -> JobRecord | None:
         now = self.clock()
         rows = self._read(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ? AND {_UNEXPIRED}", (job_id, now)
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ? AND {_UNEXPIRED} UNION ALL "
+            f"SELECT {_DERIVED_JOB_COLUMNS} FROM messages WHERE id = ? AND {_NO_JOB_ROW}",
+            (job_id, now, job_id),
         )
         return _job_from_row(rows[0], now) if rows else None
 
@@ -653,8 +679,10 @@ class SQLiteBackend:
             chunk = list(job_ids[start : start + 500])
             marks = ",".join("?" * len(chunk))
             rows = self._read(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN ({marks}) AND {_UNEXPIRED}",
-                [*chunk, now],
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN ({marks}) AND {_UNEXPIRED} "
+                f"UNION ALL SELECT {_DERIVED_JOB_COLUMNS} FROM messages "
+                f"WHERE id IN ({marks}) AND {_NO_JOB_ROW}",
+                [*chunk, now, *chunk],
             )
             records += [_job_from_row(row, now) for row in rows]
         return records
@@ -663,6 +691,14 @@ class SQLiteBackend:
         now = self.clock()
         with self._write() as conn:
             row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                # A job that no worker reserved yet gets its row now, as its derived
+                # record reads, and the update below cancels it.
+                row = conn.execute(
+                    f"INSERT INTO jobs ({_JOB_COLUMNS}) SELECT {_DERIVED_JOB_COLUMNS} "
+                    f"FROM messages WHERE id = ? AND {_NO_JOB_ROW} RETURNING state",
+                    (job_id,),
+                ).fetchone()
             if row is None:
                 return None
             if row[0] in _PENDING_JOB_STATES:
@@ -890,6 +926,25 @@ class SQLiteBackend:
 
 def _bucket(now: float) -> int:
     return int(now // BUCKET_SECONDS)
+
+
+def _message_row(
+    message: OutgoingMessage, now: float, task: str | None = None, key: str | None = None
+) -> tuple[Any, ...]:
+    """Return the values of a new message's row, in the order _insert_messages uses."""
+    ready = message.ready_at <= now
+    return (
+        message.id,
+        message.queue,
+        READY if ready else DELAYED,
+        -message.priority,
+        message.ready_at,
+        None if ready else message.ready_at,
+        message.enqueued_at,
+        task,
+        key,
+        message.body,
+    )
 
 
 def _earliest(first: float | None, second: float | None) -> float | None:

@@ -1,9 +1,15 @@
 """Schema of the SQLite backend: one file holds the broker and the store.
 
 ``messages`` is the broker: one row per message, with its state, its place
-in the queue and its lease. ``jobs`` is the store: one row per job, kept
-until its retention ends. A task message and its job share one id, so the
-backend settles a message and records the job's outcome in one transaction.
+in the queue and its lease. ``jobs`` is the store: one row per job that a
+worker reserved or that was cancelled, kept until its retention ends. A task
+message and its job share one id, so the backend settles a message and
+records the job's outcome in one transaction.
+
+An enqueue writes no ``jobs`` row, because every B-tree a durable commit
+writes costs WAL pages and time. Until a worker first reserves the message,
+or the job is cancelled, the job's record is derived from its message row.
+The transaction that reserves or cancels inserts the ``jobs`` row.
 ``queues`` keeps each queue's length, so the bound check reads one row
 instead of counting messages. The enqueue adds its batch to the length in
 the same transaction as the insert; triggers subtract deletes and account
@@ -13,7 +19,9 @@ for moves to and from the dead-letter state, so the length cannot drift.
 from __future__ import annotations
 
 #: Version of the schema below; stored in ``meta`` under ``schema_version``.
-SCHEMA_VERSION = 1
+#: Version 2 added ``messages.task`` and ``messages.idempotency_key`` and stopped
+#: writing a jobs row at enqueue. A version 1 file is upgraded in place when opened.
+SCHEMA_VERSION = 2
 
 #: Message states, stored as small integers to keep the index narrow.
 READY, RESERVED, DELAYED, DEAD = 0, 1, 2, 3
@@ -46,6 +54,9 @@ CREATE TABLE IF NOT EXISTS queues (
 -- due_at is the ready time of a delayed message and the lease expiry of a reserved one.
 -- fence grows at each delivery; settling with an older fence is rejected.
 -- Ids are time-ordered UUIDv7s, so they break ties of order_at in FIFO order.
+-- task and idempotency_key are set on a task message and NULL on a plain one.
+-- A task message with fence 0 was never delivered, and its job has no jobs row
+-- yet: the record is derived from this row (see the jobs table).
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY,
     queue TEXT NOT NULL,
@@ -59,6 +70,8 @@ CREATE TABLE IF NOT EXISTS messages (
     worker TEXT,
     reason TEXT,
     dead_at REAL,
+    task TEXT,
+    idempotency_key TEXT,
     body BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, state, prio, order_at);
@@ -78,6 +91,11 @@ WHEN (OLD.state = {DEAD}) != (NEW.state = {DEAD}) BEGIN
     WHERE name = NEW.queue;
 END;
 
+-- A job gets its row when a worker first reserves its message, or when it is
+-- cancelled before that. Until then its record is read from its message:
+-- state queued (scheduled while eta is ahead), attempts 0, created_at =
+-- enqueued_at, eta = order_at, version 1. Only settling a delivery or retrying
+-- a dead letter changes order_at, so before a delivery it is the enqueue's eta.
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     task TEXT NOT NULL,
@@ -122,6 +140,11 @@ CREATE TABLE IF NOT EXISTS kv (
     value BLOB NOT NULL
 ) WITHOUT ROWID;
 """
+
+#: Columns that version 2 added to ``messages``; opening a version 1 file adds them.
+#: A version 1 file has a jobs row for every job, and NULL in ``task`` marks its
+#: messages as having their row already, so no row needs rewriting.
+MESSAGE_COLUMNS_ADDED_IN_2 = ("task", "idempotency_key")
 
 #: Width in seconds of one rate bucket in ``queues``.
 BUCKET_SECONDS = 30
