@@ -1,9 +1,11 @@
 """sluicegate: a task queue and message queue with back pressure, leases and job status."""
 
 from sluicegate.app import App
+from sluicegate.breaker import Breaker
 from sluicegate.broker import QueueBounds, QueueStats
 from sluicegate.context import JobContext, job_context
 from sluicegate.errors import (
+    BreakerOpen,
     Cancelled,
     ConfigurationError,
     DecodeError,
@@ -54,6 +56,9 @@ __all__ = [
     "JobRecord",
     "JobState",
     "job_context",
+    # circuit breakers
+    "Breaker",
+    "BreakerOpen",
     # plain queues
     "Message",
     "Queue",

@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo
 
 from sluicegate.backends import open_backend, redact
 from sluicegate.backends.base import Backend, TransactionalEnqueue
+from sluicegate.breaker import Breaker
+from sluicegate.breaker_state import Mode
 from sluicegate.broker import DEFAULT_MAX_LENGTH, QueueBounds
 from sluicegate.errors import ConfigurationError, JobNotFound, UnknownTask
 from sluicegate.job import Job
@@ -90,6 +92,8 @@ class App:
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: dict[str, Schedule] = {}
         self._bounds: dict[str, QueueBounds] = {}
+        self.breakers: dict[str, Breaker] = {}
+        self._breaker_options: dict[str, dict[str, Any]] = {}
         self._backend: Backend | None = None
         self._backend_pid = 0
         self._backend_lock = threading.Lock()
@@ -149,6 +153,52 @@ class App:
     def bounds(self, queue: str) -> QueueBounds:
         """Return the declared bounds of ``queue``, or the defaults."""
         return self._bounds.get(queue) or QueueBounds(max_length=DEFAULT_MAX_LENGTH)
+
+    # -- breakers
+
+    def breaker(
+        self,
+        name: str,
+        failure_threshold: float = 0.5,
+        minimum_calls: int = 20,
+        window: float = 60,
+        reset_timeout: float = 30,
+        half_open_calls: int = 3,
+        failure_types: Sequence[type[BaseException]] = (Exception,),
+        mode: Mode = "rate",
+        max_reset_timeout: float | None = None,
+    ) -> Breaker:
+        """Return the circuit breaker ``name``, declaring it on first use.
+
+        ``window``, ``reset_timeout`` and ``max_reset_timeout`` (default 10 x
+        ``reset_timeout``) are in seconds. A later call with the default options
+        returns the declared breaker; one with other options raises
+        ``ConfigurationError``. See :class:`sluicegate.breaker.Breaker`.
+        """
+        options: dict[str, Any] = {
+            "failure_threshold": failure_threshold,
+            "minimum_calls": minimum_calls,
+            "window": window,
+            "reset_timeout": reset_timeout,
+            "half_open_calls": half_open_calls,
+            "failure_types": tuple(failure_types)
+            if isinstance(failure_types, list | tuple)
+            else failure_types,
+            "mode": mode,
+            "max_reset_timeout": max_reset_timeout,
+        }
+        declared = self.breakers.get(name)
+        if declared is not None:
+            if options in (self._breaker_options[name], _DEFAULT_BREAKER_OPTIONS):
+                return declared
+            raise ConfigurationError(
+                f"breaker {name!r} is declared already with other options; "
+                f"declare it once and call app.breaker({name!r}) elsewhere"
+            )
+        breaker = Breaker(name, lambda: self.backend, **options)
+        self.breakers[name] = breaker
+        self._breaker_options[name] = options
+        return breaker
 
     # -- tasks
 
@@ -316,6 +366,18 @@ class App:
                 f"{redact(self.url)!r} cannot join the caller's transaction"
             )
         return [Job(self, result.job_id) for result in results]
+
+
+_DEFAULT_BREAKER_OPTIONS: dict[str, Any] = {
+    "failure_threshold": 0.5,
+    "minimum_calls": 20,
+    "window": 60,
+    "reset_timeout": 30,
+    "half_open_calls": 3,
+    "failure_types": (Exception,),
+    "mode": "rate",
+    "max_reset_timeout": None,
+}
 
 
 def task_name(function: Callable[..., Any]) -> str:

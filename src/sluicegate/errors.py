@@ -41,6 +41,28 @@ class QueueFull(SluicegateError):
         )
 
 
+class BreakerOpen(SluicegateError):
+    """The breaker ``name`` is open (or its half-open probes are taken), so the call did not run.
+
+    Parameters:
+      name: the breaker.
+      retry_at: Unix time at which the breaker may admit a probe.
+      retry_after: seconds from the rejection until ``retry_at``, at least zero.
+    """
+
+    def __init__(self, name: str, retry_at: float, retry_after: float) -> None:
+        self.name = name
+        self.retry_at = retry_at
+        self.retry_after = retry_after
+        super().__init__(f"breaker {name!r} is open; retry after {retry_after:.2f}s")
+
+    def __repr__(self) -> str:
+        return (
+            f"BreakerOpen(name={self.name!r}, retry_at={self.retry_at!r}, "
+            f"retry_after={self.retry_after!r})"
+        )
+
+
 class JobNotFound(SluicegateError, LookupError):
     """No job with this id exists: it was never enqueued, or its record expired."""
 

@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from sluicegate.cli import demo, jobs, migrate, queues, scheduler, serve, worker
+from sluicegate.cli import breakers, demo, jobs, migrate, queues, scheduler, serve, worker
 
 
 @click.group()
@@ -35,6 +35,7 @@ cli.add_command(migrate.migrate)
 cli.add_command(serve.serve)
 cli.add_command(scheduler.scheduler)
 cli.add_command(scheduler.schedules)
+cli.add_command(breakers.breakers)
 
 
 def main() -> None:

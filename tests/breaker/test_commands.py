@@ -1,0 +1,69 @@
+"""``sluicegate breakers``: the table, reset and force-open."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sluicegate.cli.main import cli
+
+APP_SOURCE = """
+import sluicegate
+
+app = sluicegate.App("sqlite:///{db}")
+smtp = app.breaker("smtp", reset_timeout=10)
+"""
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    module = tmp_path / "breaker_app.py"
+    module.write_text(textwrap.dedent(APP_SOURCE.format(db=tmp_path / "cli.db")))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    sys.modules.pop("breaker_app", None)
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+def test_lists_declared_breaker(app_dir: Path) -> None:
+    code, output = run("breakers", "breaker_app:app")
+    assert code == 0, output
+    assert "smtp" in output
+    assert "closed" in output
+
+
+def test_force_open_then_reset(app_dir: Path) -> None:
+    code, output = run("breakers", "force-open", "breaker_app:app", "smtp", "--for", "600")
+    assert code == 0, output
+    assert output.startswith("breaker smtp open until ")
+    code, output = run("breakers", "breaker_app:app")
+    assert "open" in output
+    code, output = run("breakers", "reset", "breaker_app:app", "smtp")
+    assert code == 0, output
+    assert output == "breaker smtp closed\n"
+    code, output = run("breakers", "list", "breaker_app:app")
+    assert "closed" in output
+
+
+def test_lists_stored_undeclared_breaker(app_dir: Path) -> None:
+    code, output = run("breakers", "force-open", "breaker_app:app", "legacy")
+    assert code == 0, output
+    code, output = run("breakers", "breaker_app:app")
+    assert "legacy" in output
+    assert "smtp" in output
+
+
+def test_force_open_rejects_zero(app_dir: Path) -> None:
+    code, output = run("breakers", "force-open", "breaker_app:app", "smtp", "--for", "0")
+    assert code == 2
+    assert "--for" in output
