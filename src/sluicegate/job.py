@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 
-#: Longest pause, in seconds, between two reads of a job's record while waiting.
+#: Maximum pause, in seconds, between two reads of a job's record while waiting.
 #: Workers signal finished jobs, so this only bounds the delay of a lost signal.
 MAX_POLL_INTERVAL = 0.5
 

@@ -219,7 +219,7 @@ def _positional_range(signature: inspect.Signature) -> tuple[int, int] | None:
     return required, len(parameters)
 
 
-#: Longest delay, in seconds, that enqueue accepts: 10 years. An eta or delay
+#: Maximum delay, in seconds, that enqueue accepts: 10 years. An eta or delay
 #: beyond it is far more likely a unit mistake than a plan.
 MAX_DELAY = 10 * 365.25 * 24 * 3600
 

@@ -16,9 +16,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 from sluicegate.broker import DeadLetter, QueueStats
 from sluicegate.documents import iso, job_document
 from sluicegate.store import JobRecord, JobState
-
-#: Longest ``delay`` accepted, in seconds (ten years).
-MAX_DELAY = 10 * 365 * 24 * 3600.0
+from sluicegate.task import MAX_DELAY
 
 
 class EnqueueRequest(BaseModel):

@@ -13,7 +13,7 @@ from sluicegate.message import TaskCall, check_size
 from sluicegate.store import ErrorInfo
 from sluicegate.task import Task
 
-#: Longest traceback text kept in a job's record, in characters.
+#: Maximum traceback text kept in a job's record, in characters.
 MAX_TRACEBACK_CHARS = 20_000
 
 

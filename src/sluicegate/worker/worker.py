@@ -38,13 +38,13 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Longest idle sleep, in seconds, between two reserve attempts without a wake-up.
+#: Maximum idle sleep, in seconds, between two reserve attempts without a wake-up.
 MAX_IDLE_WAIT = 2.0
 
-#: Longest wait, in seconds, for more finished jobs to settle in the same commit.
+#: Maximum wait, in seconds, for more finished jobs to settle in the same commit.
 COALESCE_WINDOW = 0.002
 
-#: Longest pause, in seconds, between two attempts to reach an unavailable backend.
+#: Maximum pause, in seconds, between two attempts to reach an unavailable backend.
 OUTAGE_BACKOFF_CAP = 30.0
 
 #: Seconds between two purges of expired job records.
