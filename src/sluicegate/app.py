@@ -39,7 +39,7 @@ R = TypeVar("R")
 
 
 class TaskDecorator(Protocol):
-    """What ``@app.task(...)`` returns: it turns a function into a :class:`Task`."""
+    """The decorator returned by ``@app.task(...)``, which turns a function into a :class:`Task`."""
 
     @overload
     def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> Task[P, R]: ...

@@ -148,11 +148,11 @@ class UnknownTask(SluicegateError, LookupError):
 
 
 class StoreUnavailable(SluicegateError):
-    """The broker or store did not answer within its retry window."""
+    """The broker or store did not respond within its retry window."""
 
 
 class Unavailable(SluicegateError):
-    """The HTTP API did not answer successfully before the client's deadline.
+    """The HTTP API did not respond successfully before the client's deadline.
 
     Raised by ``sluicegate.Client`` after retrying connection errors,
     timeouts, 429 and 503 responses for ``max_elapsed`` seconds.

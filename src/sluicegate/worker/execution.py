@@ -21,7 +21,7 @@ MAX_TRACEBACK_CHARS = 20_000
 class RunOutcome:
     """How one attempt ended.
 
-    ``kind`` is ``"ok"`` (``result`` holds the encoded return value),
+    ``kind`` is ``"ok"`` (``result`` contains the encoded return value),
     ``"error"`` (``error`` says what; ``retryable`` whether the task's
     ``retry_on`` allows a retry; ``retry_delay`` a delay the task asked for
     with ``Retry``) or ``"cancelled"``. ``cancel_seen`` is true when the

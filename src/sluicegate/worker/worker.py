@@ -1,9 +1,11 @@
 """The worker: reserve messages up to free capacity, run them, settle them.
 
 One asyncio loop drives everything. Async tasks run on it; sync tasks run
-in a thread pool, ``pool="process"`` tasks in a :class:`ProcessPool`. All
-backend calls run on one dedicated I/O thread, so a slow commit never
-blocks the loop. Settling and reserving share one transaction per loop turn
+in a thread pool, ``pool="process"`` tasks in a :class:`ProcessPool`. The
+worker's own backend calls (reserve, settle, extend, cancel checks) run on
+one dedicated I/O thread, so a slow commit never blocks the loop.
+NOTE: ``job_context().progress()`` in an async task writes from the loop.
+Settling and reserving share one transaction per loop turn
 (:meth:`exchange`), so a busy worker pays about one commit per batch.
 """
 
@@ -427,18 +429,22 @@ class Worker:
             logger.exception("webhook delivery not enqueued job_id=%s", delivery.message_id)
 
     def _settlement(self, entry: Running, task: Task[Any, Any], outcome: RunOutcome) -> Settlement:
+        """Turn an attempt's outcome into an ack, a retry or a dead letter, with its record."""
         delivery, job_id = entry.delivery, entry.delivery.message_id
         retention = task.options.retention
         requested = entry.context is not None and entry.context._cancel_requested
         note = "cancel requested while running; the task finished anyway" if requested else None
+
         if outcome.kind == "cancelled" or (outcome.cancel_seen and outcome.kind == "ok"):
             logger.info("job cancelled job_id=%s task=%s", job_id, task.name)
             update = JobUpdate(JobState.CANCELLED, retention=retention, note="cancelled")
             return Settlement(delivery, Action.ACK, update)
+
         if outcome.kind == "ok":
             logger.info("job succeeded job_id=%s task=%s", job_id, task.name)
             update = JobUpdate(JobState.SUCCEEDED, outcome.result, note=note, retention=retention)
             return Settlement(delivery, Action.ACK, update)
+
         error = outcome.error
         assert error is not None
         if not outcome.retryable:
@@ -451,6 +457,7 @@ class Worker:
             )
             update = JobUpdate(JobState.FAILED, error=error, note=note, retention=retention)
             return Settlement(delivery, Action.ACK, update)
+
         attempt = delivery.delivery_count
         if attempt >= entry.max_attempts:
             reason = f"retries exhausted after {attempt} attempts: {error.type}: {error.message}"
@@ -459,6 +466,7 @@ class Worker:
             )
             update = JobUpdate(JobState.FAILED, error=error, note=reason, retention=retention)
             return Settlement(delivery, Action.DEAD, update, reason=reason)
+
         delay = outcome.retry_delay
         if delay is None:
             delay = task.options.backoff.delay(attempt)
