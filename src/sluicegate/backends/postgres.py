@@ -49,6 +49,7 @@ from psycopg.rows import TupleRow, tuple_row
 from psycopg_pool import ConnectionPool
 
 from sluicegate.backends import _pg_statements
+from sluicegate.backends._exchange import ExchangeShortcuts
 from sluicegate.backends._pg_notify import KEEPALIVES, NotificationHub, PipeWaiter
 from sluicegate.backends.postgres_schema import (
     BUCKET_SECONDS,
@@ -145,7 +146,7 @@ def channel_name(schema: str, kind: str) -> str:
     return f"sluicegate:{hashlib.sha256(schema.encode()).hexdigest()[:24]}:{kind}"
 
 
-class PostgresBackend:
+class PostgresBackend(ExchangeShortcuts):
     """Broker and store in one PostgreSQL schema.
 
     Parameters:
@@ -468,16 +469,6 @@ class PostgresBackend:
             cur.execute(self._sql["NOTIFY"], [self._wake_channel])
 
     # -- reserve, settle, extend
-
-    def reserve(
-        self, queues: Sequence[str], limit: int, lease: float, worker: str
-    ) -> list[Delivery]:
-        """Lease up to ``limit`` ready messages; see :meth:`exchange`."""
-        return self.exchange((), queues, limit, lease, worker)[1]
-
-    def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
-        """Settle deliveries; see :meth:`exchange`."""
-        return self.exchange(settlements, (), 0, 0.0, "")[0]
 
     def exchange(
         self,

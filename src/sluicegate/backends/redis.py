@@ -58,6 +58,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from sluicegate.backends import redact
+from sluicegate.backends._exchange import ExchangeShortcuts
 from sluicegate.backends._redis_wakeup import PubSubWaiter
 from sluicegate.backends.redis_keys import DEFAULT_PREFIX, JOB_FIELDS, Keys
 from sluicegate.backends.redis_scripts import (
@@ -113,7 +114,7 @@ BATCH = 500
 SCHEMES = ("redis", "rediss", "redis+sentinel")
 
 
-class RedisBackend:
+class RedisBackend(ExchangeShortcuts):
     """Broker and store on one Redis server (or Sentinel-managed primary).
 
     Parameters:
@@ -279,16 +280,6 @@ class RedisBackend:
         return list(reply[1])
 
     # -- reserve, settle, extend
-
-    def reserve(
-        self, queues: Sequence[str], limit: int, lease: float, worker: str
-    ) -> list[Delivery]:
-        """Lease up to ``limit`` ready messages; see :meth:`exchange`."""
-        return self.exchange((), queues, limit, lease, worker)[1]
-
-    def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
-        """Settle deliveries; see :meth:`exchange`."""
-        return self.exchange(settlements, (), 0, 0.0, "")[0]
 
     def exchange(
         self,

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from sluicegate.backends._exchange import ExchangeShortcuts
 from sluicegate.backends._wakeup import Listener, Notifier, channel_dir
 from sluicegate.backends.sqlite_schema import (
     BUCKET_SECONDS,
@@ -109,7 +110,7 @@ def parse_path(url: str) -> str:
     return path
 
 
-class SQLiteBackend:
+class SQLiteBackend(ExchangeShortcuts):
     """Broker and store on one SQLite database file.
 
     Parameters:
@@ -411,16 +412,6 @@ class SQLiteBackend:
         )
 
     # -- reserve, settle, extend
-
-    def reserve(
-        self, queues: Sequence[str], limit: int, lease: float, worker: str
-    ) -> list[Delivery]:
-        """Lease up to ``limit`` ready messages; see :meth:`exchange`."""
-        return self.exchange((), queues, limit, lease, worker)[1]
-
-    def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
-        """Settle deliveries; see :meth:`exchange`."""
-        return self.exchange(settlements, (), 0, 0.0, "")[0]
 
     def exchange(
         self,
