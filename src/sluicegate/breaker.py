@@ -40,6 +40,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
 from sluicegate.breaker_state import (
+    MAX_DURATION,
     Admission,
     BreakerPolicy,
     BreakerState,
@@ -265,8 +266,15 @@ class Breaker:
         """
         if duration is None:
             duration = self.policy.reset_timeout
-        elif isinstance(duration, bool) or not isinstance(duration, int | float) or duration <= 0:
-            raise ConfigurationError(f"duration must be a positive number, got {duration!r}")
+        elif (
+            isinstance(duration, bool)
+            or not isinstance(duration, int | float)
+            or not 0 < duration <= MAX_DURATION
+        ):
+            raise ConfigurationError(
+                f"duration must be a positive number of seconds up to {MAX_DURATION:g}, "
+                f"got {duration!r}"
+            )
         now = self._clock()
         self._update(lambda state: (open_breaker(state, now, float(duration)), None))
 
@@ -342,8 +350,10 @@ def _admission_step(
 
 def _check_failure_types(failure_types: object) -> tuple[type[BaseException], ...]:
     kinds = (failure_types,) if isinstance(failure_types, type) else failure_types
-    if isinstance(kinds, tuple | list) and all(
-        isinstance(kind, type) and issubclass(kind, BaseException) for kind in kinds
+    if (
+        isinstance(kinds, tuple | list)
+        and kinds
+        and all(isinstance(kind, type) and issubclass(kind, BaseException) for kind in kinds)
     ):
         return tuple(kinds)
     raise ConfigurationError(

@@ -167,6 +167,13 @@ class Admission:
     retry_at: float | None = None
 
 
+#: Bounds, in seconds, on a breaker's window, timeouts and forced-open durations.
+#: A window under 10 ms leaves no room for its buckets; past a year a time is
+#: more likely a unit mistake than a plan.
+MIN_DURATION = 0.01
+MAX_DURATION = 365 * 24 * 3600.0
+
+
 def make_policy(
     failure_threshold: float = 0.5,
     minimum_calls: int = 20,
@@ -205,10 +212,17 @@ def make_policy(
             f"half_open_calls must be a positive integer, got {half_open_calls!r}"
         )
     for name, value in (("window", window), ("reset_timeout", reset_timeout)):
-        if not (_is_number(value) and 0 < value < math.inf):
-            raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
-    cap = 10 * float(reset_timeout) if max_reset_timeout is None else max_reset_timeout
-    if not (_is_number(cap) and reset_timeout <= cap < math.inf):
+        if not (_is_number(value) and MIN_DURATION <= value <= MAX_DURATION):
+            raise ConfigurationError(
+                f"{name} must be between {MIN_DURATION:g} and {MAX_DURATION:g} seconds, "
+                f"got {value!r}"
+            )
+    cap = (
+        min(10 * float(reset_timeout), MAX_DURATION)
+        if max_reset_timeout is None
+        else max_reset_timeout
+    )
+    if not (_is_number(cap) and reset_timeout <= cap <= MAX_DURATION):
         raise ConfigurationError(
             f"max_reset_timeout must be a number of seconds at least reset_timeout "
             f"({reset_timeout!r}), got {max_reset_timeout!r}"

@@ -155,9 +155,10 @@ def test_force_open_for_duration(make_breaker: MakeBreaker, clock: FakeClock) ->
     assert breaker.state().state is Phase.HALF_OPEN
 
 
-def test_force_open_rejects_bad_duration(make_breaker: MakeBreaker) -> None:
-    with pytest.raises(ConfigurationError, match="duration must be a positive number, got 0"):
-        make_breaker().force_open(0)
+@pytest.mark.parametrize("duration", [0, -1, float("inf"), float("nan"), 1e308])
+def test_force_open_rejects_bad_duration(make_breaker: MakeBreaker, duration: float) -> None:
+    with pytest.raises(ConfigurationError, match=r"duration must be a positive number of seconds"):
+        make_breaker().force_open(duration)
 
 
 def test_transitions_logged(

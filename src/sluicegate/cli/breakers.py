@@ -71,7 +71,7 @@ def reset(app_spec: str, name: str) -> None:
 @click.option(
     "--for",
     "duration",
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(min=0, max=365 * 24 * 3600.0, min_open=True),
     default=None,
     help="Seconds to stay open before admitting probes [default: the reset timeout].",
 )

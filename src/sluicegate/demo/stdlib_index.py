@@ -8,17 +8,13 @@ aggregation job and prints a summary. The demo process is the producer.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import sysconfig
 import tempfile
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any, cast
 
 from rich.console import Console
@@ -34,6 +30,7 @@ from sluicegate.demo.report import (
     print_summary,
     summarize_records,
 )
+from sluicegate.demo.signals import stop_signals_as_interrupt
 from sluicegate.demo.tasks import AGGREGATE_TASK, INDEX_TASK, QUEUE, IndexTotals, build_app
 from sluicegate.errors import JobFailed, JobTimeout, QueueFull
 from sluicegate.job import Job
@@ -91,7 +88,7 @@ def run_demo(db: str | None, concurrency: int, timeout: float = DEFAULT_TIMEOUT)
     worker = WorkerProcess(paths, concurrency)
     code = EXIT_FAILED
     try:
-        with _sigterm_as_interrupt():
+        with stop_signals_as_interrupt():
             stats = _run(console, app, worker, paths, root, files, Deadline(timeout))
         code = _exit_code(errors, stats)
     except KeyboardInterrupt:
@@ -234,20 +231,3 @@ def _exit_code(errors: Console, stats: RunStats) -> int:
         errors, f"error: {len(unexpected)} jobs failed for a reason other than a parse error"
     )
     return EXIT_FAILED
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into ``KeyboardInterrupt``, so the demo stops its worker as on Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # Signal handlers can only be installed from the main thread.
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")

@@ -10,17 +10,14 @@ post is on every follower's timeline exactly once.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
-import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -39,6 +36,7 @@ from sluicegate.demo.fanout.config import (
 from sluicegate.demo.fanout.graph import GraphSpec, follower_counts, generate_edges
 from sluicegate.demo.fanout.load import CountingTransport, LoadGenerator, LoadSnapshot, RateStep
 from sluicegate.demo.fanout.processes import Service, ServiceError, start_server, start_worker
+from sluicegate.demo.signals import stop_signals_as_interrupt
 from sluicegate.http.client import Client
 
 logger = logging.getLogger(__name__)
@@ -116,7 +114,7 @@ def run_fanout(options: FanoutOptions) -> int:
     services: list[Service] = []
     code = EXIT_FAILED
     try:
-        with _sigterm_as_interrupt():
+        with stop_signals_as_interrupt():
             server, url = start_server(APP_SPEC, directory / "server.log", env)
             services.append(server)
             services.append(
@@ -277,20 +275,3 @@ def _print_summary(
         console.print(line, markup=False)
     verdict = "PASS" if result.passed and dead == 0 else "FAIL"
     console.print(f"exactly-once delivery: {verdict}", markup=False)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into ``KeyboardInterrupt``, so the run stops its subprocesses as on Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # Signal handlers can only be installed from the main thread.
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
