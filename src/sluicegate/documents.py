@@ -42,7 +42,11 @@ def job_document(record: JobRecord) -> dict[str, Any]:
 
 
 def iso(timestamp: float | None) -> str | None:
-    """Return a Unix time as ISO 8601 in UTC with milliseconds, or None."""
+    """Return a Unix time as ISO 8601 in UTC with milliseconds and a ``Z``, or None.
+
+    The ``Z`` matches how the API's response models write their times.
+    """
     if timestamp is None:
         return None
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="milliseconds")
+    text = dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="milliseconds")
+    return text.removesuffix("+00:00") + "Z"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Any
 
@@ -11,8 +10,8 @@ import orjson
 
 from sluicegate import codec
 from sluicegate.cli._common import import_app, user_errors
+from sluicegate.documents import job_document
 from sluicegate.errors import DecodeError
-from sluicegate.store import JobRecord
 
 
 def _parse_json(value: str, option: str, kind: type) -> Any:
@@ -85,39 +84,12 @@ def status(app_spec: str, job_id: str, as_json: bool) -> None:
     """Print the state of job JOB_ID (exit status 1 if it is not found)."""
     app = import_app(app_spec)
     record = app.job(job_id).record
-    document = describe(record)
+    document = job_document(record)
     if as_json:
         click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
         return
     for key, value in document.items():
-        if value is not None:
+        if key == "error" and value is not None:
+            value = f"{value['type']}: {value['message']}"
+        if value is not None and value is not False:
             click.echo(f"{key:>16}: {value}")
-
-
-def describe(record: JobRecord) -> dict[str, Any]:
-    """Return a job record as a JSON-ready dict with ISO 8601 UTC times."""
-    result = None if record.result is None else orjson.loads(record.result)
-    return {
-        "id": record.id,
-        "task": record.task,
-        "queue": record.queue,
-        "state": record.state.value,
-        "attempts": record.attempts,
-        "created_at": _iso(record.created_at),
-        "eta": _iso(record.eta),
-        "started_at": _iso(record.started_at),
-        "finished_at": _iso(record.finished_at),
-        "expires_at": _iso(record.expires_at),
-        "result": result,
-        "error": None if record.error is None else f"{record.error.type}: {record.error.message}",
-        "cancel_requested": record.cancel_requested or None,
-        "progress": record.progress,
-        "progress_message": record.progress_message,
-        "note": record.note,
-    }
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="milliseconds")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from sluicegate.broker import DeadLetter, QueueStats
 from sluicegate.documents import iso, job_document
@@ -31,7 +31,7 @@ class EnqueueRequest(BaseModel):
         default=None, ge=0, le=MAX_DELAY, allow_inf_nan=False, description="Seconds to wait."
     )
     eta: AwareDatetime | None = Field(default=None, description="Earliest start, with a zone.")
-    priority: int | None = Field(default=None, ge=-1000, le=1000, description="Higher first.")
+    priority: StrictInt | None = Field(default=None, ge=-1000, le=1000, description="Higher first.")
     idempotency_key: str | None = Field(
         default=None,
         min_length=1,
