@@ -1,4 +1,4 @@
-"""Admission control: the ``retry_after`` a rejected producer is told to wait."""
+"""Admission control: the ``retry_after`` that a rejected producer should wait."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ class QueueBounds:
 
 
 class Action(enum.Enum):
-    """What settling does with a delivered message."""
+    """The action that settling applies to a delivered message."""
 
     ACK = "ack"  # done: remove the message
     RETRY = "retry"  # deliver again after ``delay`` seconds

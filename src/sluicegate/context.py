@@ -12,7 +12,7 @@ from sluicegate.errors import Cancelled, SluicegateError
 
 @dataclass(eq=False)
 class JobContext:
-    """What a task can learn about, and report on, the job it is running.
+    """The job that a task is running: its ids and attempt, cancellation and progress.
 
     ``cancelled`` turns true once the job's cancellation was requested; a
     task that checks it and stops (or raises ``sluicegate.Cancelled``) ends

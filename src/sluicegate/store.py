@@ -45,7 +45,7 @@ class ErrorInfo:
 
 @dataclass(frozen=True, slots=True)
 class JobRecord:
-    """What the store keeps about a job. Times are Unix seconds.
+    """The record a store keeps for one job. Times are Unix seconds.
 
     ``version`` starts at 1 and grows by one at every write to the record
     (state change, progress, cancel request), so a reader can tell whether

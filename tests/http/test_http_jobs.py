@@ -77,8 +77,8 @@ def test_enqueue_rejects_with_422(
 
 @pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_delay_is_422(deployment: Deployment, raw: str) -> None:
-    # JSON has no NaN or Infinity, but Python's parser accepts them; the error
-    # must still be answered as JSON, which cannot hold them.
+    # JSON has no NaN or Infinity, but Python's parser accepts them. The 422
+    # response must still be valid JSON, so it cannot echo the value.
     deployment.serve()
     content = f'{{"task": "{deployment.module}.add", "args": [1, 2], "delay": {raw}}}'
     response = httpx.post(

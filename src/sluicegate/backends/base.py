@@ -72,7 +72,16 @@ class Backend(Broker, Store, Protocol):
         lease: float,
         worker: str,
     ) -> tuple[list[bool], list[Delivery]]:
-        """Settle deliveries and reserve up to ``limit`` new ones in one step."""
+        """Settle finished deliveries and reserve up to ``limit`` new ones in one atomic step.
+
+        Settling checks the fence and the lease: a delivery whose lease
+        expired, or that a newer delivery replaced, is not settled, and its
+        job update is dropped. Reserving first makes due delayed messages
+        ready and gives expired leases back to their queues, then leases up
+        to ``limit`` messages, highest priority first and FIFO within one,
+        and marks their jobs ``running``. Returns, for each settlement,
+        whether it took effect, and the new deliveries.
+        """
         ...
 
     def listener(self) -> Waiter:

@@ -421,15 +421,7 @@ class SQLiteBackend(ExchangeShortcuts):
         lease: float,
         worker: str,
     ) -> tuple[list[bool], list[Delivery]]:
-        """Settle finished deliveries and reserve new ones, in one transaction.
-
-        Settling checks the fence and the lease: a delivery whose lease
-        expired, or that a newer delivery replaced, is not settled, and its
-        job update is dropped. Reserving first makes due delayed messages
-        ready and gives expired leases back to their queues, then leases up
-        to ``limit`` messages, highest priority first and FIFO within one,
-        and marks their jobs ``running``.
-        """
+        """Settle and reserve as :meth:`Backend.exchange` describes, in one transaction."""
         if not settlements and (limit <= 0 or not queues):
             return [], []
         now = self.clock()

@@ -65,7 +65,7 @@ def serve(app_spec: str, host: str, port: int, max_body_size: int | None) -> Non
             url,
             TOKENS_VARIABLE,
         )
-    # TODO: a client that trickles its headers or body holds its connection open
+    # TODO: a client that trickles its headers or body keeps its connection open
     # indefinitely; uvicorn has no read timeout for an unfinished request.
     config = uvicorn.Config(api, log_config=None, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])

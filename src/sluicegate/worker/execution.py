@@ -22,7 +22,7 @@ class RunOutcome:
     """How one attempt ended.
 
     ``kind`` is ``"ok"`` (``result`` contains the encoded return value),
-    ``"error"`` (``error`` says what; ``retryable`` whether the task's
+    ``"error"`` (``error`` describes it; ``retryable`` whether the task's
     ``retry_on`` allows a retry; ``retry_delay`` a delay the task asked for
     with ``Retry``) or ``"cancelled"``. ``cancel_seen`` is true when the
     task read ``job_context().cancelled`` as true.
