@@ -33,6 +33,7 @@ class Action(enum.Enum):
     ACK = "ack"  # done: remove the message
     RETRY = "retry"  # deliver again after ``delay`` seconds
     RELEASE = "release"  # give back now, as if never delivered (shutdown)
+    DEFER = "defer"  # give back unrun, due after ``delay`` seconds; the delivery is not counted
     DEAD = "dead"  # move to the dead-letter queue with ``reason``
 
 

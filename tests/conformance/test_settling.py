@@ -1,4 +1,4 @@
-"""Settling: ack, retry with and without delay, release, and dead letters."""
+"""Settling: ack, retry with and without delay, release, deferral, and dead letters."""
 
 from __future__ import annotations
 
@@ -129,6 +129,67 @@ def test_release_job_attempt(backend: Backend, clock: FakeClock) -> None:
     assert record is not None
     assert record.state is JobState.QUEUED
     assert record.attempts == 0
+
+
+def test_defer_hidden_then_redelivered_uncounted(backend: Backend, clock: FakeClock) -> None:
+    outgoing = message(clock)
+    backend.publish([outgoing], BOUNDS)
+    first = reserve_one(backend)
+
+    settled = backend.settle([Settlement(first, Action.DEFER, delay=10)])
+    hidden = backend.reserve(["q"], 1, LEASE, "w1")
+    due = backend.next_due()
+    clock.advance(11)
+    again = reserve_one(backend)
+
+    assert settled == [True]
+    assert hidden == []
+    assert due == first.enqueued_at + 10
+    assert again.message_id == outgoing.id
+    assert again.delivery_count == 1
+    assert again.fence > first.fence
+
+
+def test_defer_now_goes_last_uncounted(backend: Backend, clock: FakeClock) -> None:
+    first, second = message(clock), message(clock)
+    backend.publish([first, second], BOUNDS)
+    delivery = reserve_one(backend)
+    clock.advance(1)
+
+    backend.settle([Settlement(delivery, Action.DEFER)])
+    order = [reserve_one(backend), reserve_one(backend)]
+
+    assert [d.message_id for d in order] == [second.id, first.id]
+    assert order[1].delivery_count == 1
+
+
+def test_defer_job_record(backend: Backend, clock: FakeClock) -> None:
+    new = job(clock)
+    backend.enqueue_jobs([new], BOUNDS)
+    delivery = reserve_one(backend)
+    note = "deferred by breaker payments"
+    update = JobUpdate(JobState.SCHEDULED, note=note, count_attempt=False)
+
+    backend.settle([Settlement(delivery, Action.DEFER, update, delay=5)])
+    record = backend.get_job(new.message.id)
+
+    assert record is not None
+    assert record.state is JobState.SCHEDULED
+    assert record.attempts == 0
+    assert record.note == note
+    assert record.eta == clock() + 5
+
+
+def test_defer_stale_fence_rejected(backend: Backend, clock: FakeClock) -> None:
+    backend.publish([message(clock)], BOUNDS)
+    first = reserve_one(backend)
+    clock.advance(LEASE + 1)
+    second = reserve_one(backend)
+
+    settled = backend.settle([Settlement(first, Action.DEFER, delay=5)])
+
+    assert settled == [False]
+    assert backend.settle([Settlement(second, Action.ACK)]) == [True]
 
 
 def test_dead_letter_listed(backend: Backend, clock: FakeClock) -> None:

@@ -152,8 +152,10 @@ RETRY_LATER = (
     """
 UPDATE {s}.messages m SET state = """
     + _D
-    + """, due_at = s.ready_at, order_at = s.ready_at, worker = NULL
-FROM unnest(%(ids)s::text[], %(fences)s::int4[], %(ready_at)s::float8[]) AS s(id, fence, ready_at)
+    + """, due_at = s.ready_at, order_at = s.ready_at, worker = NULL,
+    deliveries = m.deliveries - s.uncount::int
+FROM unnest(%(ids)s::text[], %(fences)s::int4[], %(ready_at)s::float8[], %(uncount)s::bool[])
+    AS s(id, fence, ready_at, uncount)
 WHERE """
     + _HELD
     + """
@@ -161,16 +163,17 @@ RETURNING m.id, m.fence, m.queue
 """
 )
 
-# A retry goes to the back of its queue; a release (shutdown) keeps its place
-# and does not count as a delivery.
+# A retry or a deferral goes to the back of its queue; a release (shutdown)
+# keeps its place. Neither a release nor a deferral counts as a delivery.
 RETRY_NOW = (
     """
 UPDATE {s}.messages m SET state = """
     + _R
     + """, due_at = NULL, worker = NULL,
     order_at = CASE WHEN s.release THEN m.order_at ELSE %(now)s END,
-    deliveries = m.deliveries - s.release::int
-FROM unnest(%(ids)s::text[], %(fences)s::int4[], %(release)s::bool[]) AS s(id, fence, release)
+    deliveries = m.deliveries - s.uncount::int
+FROM unnest(%(ids)s::text[], %(fences)s::int4[], %(release)s::bool[], %(uncount)s::bool[])
+    AS s(id, fence, release, uncount)
 WHERE """
     + _HELD
     + """

@@ -506,6 +506,7 @@ class PostgresBackend(ExchangeShortcuts):
                 "fences": [s.delivery.fence for s in group],
                 "ready_at": [now + s.delay for s in group],
                 "release": [s.action is Action.RELEASE for s in group],
+                "uncount": [s.action in (Action.RELEASE, Action.DEFER) for s in group],
                 "reasons": [s.reason or "dead-lettered" for s in group],
             }
             for message_id, fence, queue in cur.execute(self._sql[name], params).fetchall():
@@ -518,7 +519,7 @@ class PostgresBackend(ExchangeShortcuts):
         for queue in sorted(removed):  # One order for every transaction, so none deadlock.
             params = {"queue": queue, "removed": removed[queue], "completed": removed[queue]}
             cur.execute(self._sql["COUNT_REMOVED"], {**params, "bucket": _bucket(now)})
-        if any(s.action in (Action.RETRY, Action.RELEASE) for s in applied):
+        if any(s.action in (Action.RETRY, Action.RELEASE, Action.DEFER) for s in applied):
             cur.execute(self._sql["NOTIFY"], [self._wake_channel])
         if any(s.job is not None and s.job.state.is_final for s in applied):
             cur.execute(self._sql["NOTIFY"], [self._result_channel])
@@ -533,7 +534,8 @@ class PostgresBackend(ExchangeShortcuts):
             assert update is not None
             error = update.error or ErrorInfo("", "")
             final = update.state.is_final
-            retry = settlement.action is Action.RETRY  # A retry's eta is when it is due again.
+            # A retried or deferred job's eta is when it is due again.
+            retry = settlement.action in (Action.RETRY, Action.DEFER)
             row = (
                 settlement.delivery.message_id,
                 update.state.value,
@@ -834,7 +836,7 @@ def _statement_for(settlement: Settlement) -> str:
         return "ACK"
     if action is Action.DEAD:
         return "DEAD_LETTER"
-    if action is Action.RETRY and settlement.delay > 0:
+    if action in (Action.RETRY, Action.DEFER) and settlement.delay > 0:
         return "RETRY_LATER"
     return "RETRY_NOW"
 

@@ -601,7 +601,7 @@ def _sentinel_client(url: str, options: dict[str, Any]) -> redis.Redis:
 
 def _settlement_args(settlement: Settlement, now: float) -> list[Any]:
     delivery, update = settlement.delivery, settlement.job
-    delayed = settlement.action is Action.RETRY and settlement.delay > 0
+    delayed = settlement.action in (Action.RETRY, Action.DEFER) and settlement.delay > 0
     args: list[Any] = [
         delivery.message_id,
         delivery.queue,

@@ -254,7 +254,7 @@ local function update_job(id, base, action)
   if traceback then redis.call('HSET', job, 'error_traceback', traceback) end
   if note then redis.call('HSET', job, 'note', note) end
   if ARGV[base + 15] == '0' then redis.call('HINCRBY', job, 'attempts', -1) end
-  if action == 'retry' then
+  if action == 'retry' or action == 'defer' then
     redis.call('HSET', job, 'eta', ARGV[base + 4] ~= '' and ARGV[base + 4] or now_text)
   end
   local final = state == 'succeeded' or state == 'failed' or state == 'cancelled'
@@ -283,10 +283,13 @@ for i = 0, settle_count - 1 do
     if action == 'ack' then
       redis.call('DEL', message)
       completed[queue] = (completed[queue] or 0) + 1
-    elseif action == 'retry' and ARGV[base + 4] ~= '' then
+    elseif (action == 'retry' or action == 'defer') and ARGV[base + 4] ~= '' then
+      -- A deferral gives the message back unrun: its delivery does not count.
+      if action == 'defer' then redis.call('HINCRBY', message, 'deliveries', -1) end
       redis.call('HSET', message, 'order_at', ARGV[base + 4])
       redis.call('ZADD', qkey(queue, 'delayed'), ARGV[base + 4], id)
-    elseif action == 'retry' then
+    elseif action == 'retry' or action == 'defer' then
+      if action == 'defer' then redis.call('HINCRBY', message, 'deliveries', -1) end
       redis.call('HSET', message, 'order_at', now_text)
       make_ready(queue, id, priority, now_text)
       wake = true

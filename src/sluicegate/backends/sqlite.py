@@ -430,7 +430,7 @@ class SQLiteBackend(ExchangeShortcuts):
             settled = [self._settle_one(conn, s, now) for s in settlements]
             self._count_completed(conn, settlements, settled, now)
             requeued = any(
-                ok and s.action in (Action.RETRY, Action.RELEASE)
+                ok and s.action in (Action.RETRY, Action.RELEASE, Action.DEFER)
                 for ok, s in zip(settled, settlements, strict=True)
             )
             deliveries: list[Delivery] = []
@@ -450,20 +450,22 @@ class SQLiteBackend(ExchangeShortcuts):
         action = settlement.action
         if action is Action.ACK:
             cursor = conn.execute(f"DELETE FROM messages {fenced}", key)
-        elif action is Action.RETRY and settlement.delay > 0:
+        elif action in (Action.RETRY, Action.DEFER) and settlement.delay > 0:
             ready_at = now + settlement.delay
+            uncount = 1 if action is Action.DEFER else 0
             cursor = conn.execute(
-                f"UPDATE messages SET state = {DELAYED}, due_at = ?, order_at = ?, worker = NULL "
-                f"{fenced}",
-                (ready_at, ready_at, *key),
+                f"UPDATE messages SET state = {DELAYED}, due_at = ?, order_at = ?, worker = NULL, "
+                f"deliveries = deliveries - ? {fenced}",
+                (ready_at, ready_at, uncount, *key),
             )
-        elif action in (Action.RETRY, Action.RELEASE):
-            back = 1 if action is Action.RELEASE else 0
+        elif action in (Action.RETRY, Action.RELEASE, Action.DEFER):
+            keep_place = 1 if action is Action.RELEASE else 0
+            uncount = 0 if action is Action.RETRY else 1
             cursor = conn.execute(
                 f"UPDATE messages SET state = {READY}, due_at = NULL, worker = NULL, "
                 f"order_at = CASE WHEN ? THEN order_at ELSE ? END, deliveries = deliveries - ? "
                 f"{fenced}",
-                (back, now, back, *key),
+                (keep_place, now, uncount, *key),
             )
         else:
             cursor = conn.execute(
@@ -517,7 +519,8 @@ class SQLiteBackend(ExchangeShortcuts):
                 now if final else None,
                 now + update.retention if final else None,
                 0 if update.count_attempt else 1,
-                settlement.action is Action.RETRY,  # A retry's eta is when it is due again.
+                # A retried or deferred job's eta is when it is due again.
+                settlement.action in (Action.RETRY, Action.DEFER),
                 now + settlement.delay,
                 job_id,
             ),
