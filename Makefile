@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench bench-peers clean
+.PHONY: demo test lint typecheck pytest bench bench-http bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ pytest: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/sqlite_vs_huey.py
+
+bench-http: $(STAMP)
+	$(BIN)/python benchmarks/http_enqueue.py
 
 # Needs redis-server on PATH and PostgreSQL on 127.0.0.1:5432; see BENCHMARKS.md.
 bench-peers: $(STAMP)

@@ -37,7 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from sluicegate.breaker_state import (
     MAX_DURATION,
@@ -49,6 +49,7 @@ from sluicegate.breaker_state import (
     Phase,
     Ticket,
     admit,
+    close_breaker,
     failure_rate,
     make_policy,
     open_breaker,
@@ -57,6 +58,9 @@ from sluicegate.breaker_state import (
 )
 from sluicegate.errors import BreakerOpen, ConfigurationError, StoreUnavailable
 from sluicegate.store import Store
+
+if TYPE_CHECKING:
+    from sluicegate.app import App
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +84,8 @@ class BreakerSnapshot:
 
     ``next_probe_at`` is when the breaker may admit a probe: ``None`` while
     closed, and the current time while half-open probes are free.
+    ``opened_count``, ``half_opened_count`` and ``closed_count`` are the
+    stored transition counts (see :class:`sluicegate.breaker_state.BreakerState`).
     """
 
     name: str
@@ -94,6 +100,9 @@ class BreakerSnapshot:
     reset_timeout: float
     probes_admitted: int
     probe_successes: int
+    opened_count: int = 0
+    half_opened_count: int = 0
+    closed_count: int = 0
 
 
 class Breaker:
@@ -218,14 +227,24 @@ class Breaker:
 
     def release(self, ticket: Ticket, error: BaseException | None) -> None:
         """Count how an admitted call ended: ``error`` is its exception, or None on success."""
-        if error is None:
-            outcome = Outcome.SUCCESS
-        elif isinstance(error, self.failure_types):
-            outcome = Outcome.FAILURE
-        else:
+        self.record_outcome(ticket, False if error is None else self.is_failure(error))
+
+    def is_failure(self, error: BaseException) -> bool | None:
+        """Return True if ``error`` counts as a failure, else None (it counts as nothing)."""
+        return True if isinstance(error, self.failure_types) else None
+
+    def record_outcome(self, ticket: Ticket, failure: bool | None) -> None:
+        """Count an admitted call: a failure (True), a success (False) or neither (None)."""
+        if failure is None:
             outcome = Outcome.IGNORED
+        else:
+            outcome = Outcome.FAILURE if failure else Outcome.SUCCESS
         now = self._clock()
         self._update(lambda state: (record(self.policy, state, ticket, outcome, now), None))
+
+    def cancel(self, ticket: Ticket) -> None:
+        """Give back an admitted call that will not run; a half-open probe slot is freed."""
+        self.record_outcome(ticket, None)
 
     # -- inspecting and operating
 
@@ -253,11 +272,14 @@ class Breaker:
             reset_timeout=state.reset_timeout or self.policy.reset_timeout,
             probes_admitted=state.probes_admitted,
             probe_successes=state.probe_successes,
+            opened_count=state.opened_count,
+            half_opened_count=state.half_opened_count,
+            closed_count=state.closed_count,
         )
 
     def reset(self) -> None:
-        """Close the breaker and forget its counts, in every process."""
-        self._update(lambda state: (BreakerState(generation=state.generation + 1), None))
+        """Close the breaker and forget its call counts, in every process."""
+        self._update(lambda state: (close_breaker(state, state.generation + 1), None))
 
     def force_open(self, duration: float | None = None) -> None:
         """Open the breaker now for ``duration`` seconds (default: the reset timeout).
@@ -339,6 +361,27 @@ class Breaker:
                 *fields,
                 old.phase.value,
             )
+
+
+def known_breakers(app: App) -> list[Breaker]:
+    """Return the breakers declared on ``app`` and those with a state in its store, by name."""
+    stored = [key.removeprefix(KEY_PREFIX) for key in app.backend.keys(KEY_PREFIX)]
+    names = sorted(set(app.breakers) | set(stored))
+    return [breaker_of(app, name) for name in names]
+
+
+def breaker_of(app: App, name: str) -> Breaker:
+    """Return breaker ``name`` as declared on ``app``, else with the default options.
+
+    A breaker that other processes declare with other options is read here
+    with the defaults, so its failure rate counts over the default window.
+    """
+    return app.breakers.get(name) or Breaker(name, lambda: app.backend)
+
+
+def is_known_breaker(app: App, name: str) -> bool:
+    """Return whether ``app`` declares breaker ``name`` or its store has a state for it."""
+    return name in app.breakers or app.backend.get_value(KEY_PREFIX + name) is not None
 
 
 def _admission_step(

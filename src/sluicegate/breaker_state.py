@@ -96,6 +96,9 @@ class BreakerState:
     ``half_open_since`` starts a probe round. A round whose probes are all
     admitted but have not all reported within the reset timeout is restarted,
     because the process that ran a probe may have died before reporting it.
+    ``opened_count``, ``half_opened_count`` and ``closed_count`` count the
+    changes of ``phase`` into each state since the state was first stored.
+    They survive a reset, so they work as fleet-wide Prometheus counters.
     """
 
     phase: Phase = Phase.CLOSED
@@ -108,6 +111,9 @@ class BreakerState:
     half_open_since: float | None = None
     probes_admitted: int = 0
     probe_successes: int = 0
+    opened_count: int = 0
+    half_opened_count: int = 0
+    closed_count: int = 0
 
     def encode(self) -> bytes:
         """Serialize the state to JSON with its version."""
@@ -124,12 +130,18 @@ class BreakerState:
                 "half_open_since": self.half_open_since,
                 "probes_admitted": self.probes_admitted,
                 "probe_successes": self.probe_successes,
+                "opened_count": self.opened_count,
+                "half_opened_count": self.half_opened_count,
+                "closed_count": self.closed_count,
             }
         )
 
     @classmethod
     def decode(cls, raw: bytes) -> BreakerState:
-        """Parse stored JSON; raise ``ValueError`` on another version or a malformed value."""
+        """Parse stored JSON; raise ``ValueError`` on another version or a malformed value.
+
+        A state stored before the transition counts existed reads with counts of 0.
+        """
         data = orjson.loads(raw)
         if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
             version = data.get("version") if isinstance(data, dict) else None
@@ -147,6 +159,9 @@ class BreakerState:
             half_open_since=data["half_open_since"],
             probes_admitted=int(data["probes_admitted"]),
             probe_successes=int(data["probe_successes"]),
+            opened_count=int(data.get("opened_count", 0)),
+            half_opened_count=int(data.get("half_opened_count", 0)),
+            closed_count=int(data.get("closed_count", 0)),
         )
 
 
@@ -289,7 +304,12 @@ def record(
 
 
 def open_breaker(state: BreakerState, now: float, duration: float) -> BreakerState:
-    """Return the state opened at ``now`` for ``duration`` seconds, keeping the counts."""
+    """Return the state opened at ``now`` for ``duration`` seconds, keeping the counts.
+
+    Opening an open breaker again sets its new times but is no transition,
+    so ``opened_count`` grows only when the phase changes.
+    """
+    opened = state.opened_count + (0 if state.phase is Phase.OPEN else 1)
     return dataclasses.replace(
         state,
         phase=Phase.OPEN,
@@ -300,6 +320,17 @@ def open_breaker(state: BreakerState, now: float, duration: float) -> BreakerSta
         half_open_since=None,
         probes_admitted=0,
         probe_successes=0,
+        opened_count=opened,
+    )
+
+
+def close_breaker(state: BreakerState, generation: int) -> BreakerState:
+    """Return a closed state with no calls counted, keeping the transition counts."""
+    return BreakerState(
+        generation=generation,
+        opened_count=state.opened_count,
+        half_opened_count=state.half_opened_count,
+        closed_count=state.closed_count + (0 if state.phase is Phase.CLOSED else 1),
     )
 
 
@@ -330,11 +361,13 @@ def _record_probe(
 
     state = dataclasses.replace(state, probe_successes=state.probe_successes + 1)
     if state.probe_successes >= policy.half_open_calls:
-        return BreakerState(generation=state.generation)
+        return close_breaker(state, state.generation)
     return state
 
 
 def _start_probe_round(state: BreakerState, now: float, generation: int) -> BreakerState:
+    # A restarted round of a half-open breaker is no transition.
+    half_opened = state.half_opened_count + (0 if state.phase is Phase.HALF_OPEN else 1)
     return dataclasses.replace(
         state,
         phase=Phase.HALF_OPEN,
@@ -342,6 +375,7 @@ def _start_probe_round(state: BreakerState, now: float, generation: int) -> Brea
         half_open_since=now,
         probes_admitted=0,
         probe_successes=0,
+        half_opened_count=half_opened,
     )
 
 

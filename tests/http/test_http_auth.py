@@ -6,9 +6,12 @@ import subprocess
 
 import httpx
 import pytest
+from asgi_support import call
 from http_support import SLUICEGATE_COMMAND, Deployment
 
+from sluicegate import App
 from sluicegate.errors import ConfigurationError
+from sluicegate.http.api import create_api
 from sluicegate.http.auth import parse_tokens
 from sluicegate.http.client import ApiError, Client
 
@@ -66,3 +69,24 @@ def test_parse_tokens_accepts() -> None:
         "a": "read",
         "b:c": "write",
     }
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer wrong"}, 401),
+        ({"Authorization": "Bearer r3ad-t0ken-value"}, 403),
+        ({"Authorization": "Bearer wr1te-t0ken-value"}, 422),
+    ],
+)
+def test_token_checked_before_body(app: App, headers: dict[str, str], status: int) -> None:
+    api = create_api(app, tokens=parse_tokens(TOKENS))
+    response = call(
+        api,
+        "POST",
+        "/v1/queues/default/jobs",
+        content=b'{"task": "x", "args": [1,',
+        headers={"Content-Type": "application/json", **headers},
+    )
+    assert response.status_code == status

@@ -10,8 +10,7 @@ import datetime as dt
 
 import click
 
-from sluicegate.app import App
-from sluicegate.breaker import KEY_PREFIX, Breaker
+from sluicegate.breaker import breaker_of, known_breakers
 from sluicegate.cli._common import import_app, user_errors
 
 
@@ -41,7 +40,7 @@ def list_breakers(app_spec: str) -> None:
     table = Table(
         "breaker", "state", "failure rate", "calls", "opened at (UTC)", "next probe (UTC)"
     )
-    for breaker in _known_breakers(app):
+    for breaker in known_breakers(app):
         snapshot = breaker.state()
         table.add_row(
             snapshot.name,
@@ -61,7 +60,7 @@ def list_breakers(app_spec: str) -> None:
 def reset(app_spec: str, name: str) -> None:
     """Close breaker NAME and forget its counts."""
     app = import_app(app_spec)
-    _named_breaker(app, name).reset()
+    breaker_of(app, name).reset()
     click.echo(f"breaker {name} closed")
 
 
@@ -79,21 +78,9 @@ def reset(app_spec: str, name: str) -> None:
 def force_open(app_spec: str, name: str, duration: float | None) -> None:
     """Open breaker NAME now, in every process."""
     app = import_app(app_spec)
-    breaker = _named_breaker(app, name)
+    breaker = breaker_of(app, name)
     breaker.force_open(duration)
     click.echo(f"breaker {name} open until {_format_time(breaker.state().next_probe_at)} UTC")
-
-
-def _known_breakers(app: App) -> list[Breaker]:
-    """Return the app's declared breakers and those with a state in the store, by name."""
-    stored = [key.removeprefix(KEY_PREFIX) for key in app.backend.keys(KEY_PREFIX)]
-    names = sorted(set(app.breakers) | set(stored))
-    return [_named_breaker(app, name) for name in names]
-
-
-def _named_breaker(app: App, name: str) -> Breaker:
-    # A breaker that this app does not declare is read with the default options.
-    return app.breakers.get(name) or Breaker(name, lambda: app.backend)
 
 
 def _format_time(timestamp: float | None) -> str:

@@ -13,6 +13,13 @@ from sluicegate.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
+#: Seconds a client has to send a request body: ``sluicegate.http.api.DEFAULT_BODY_TIMEOUT``,
+#: repeated here so that loading the CLI does not import FastAPI.
+DEFAULT_BODY_TIMEOUT = 30.0
+
+#: Seconds an idle keep-alive connection stays open after its last response.
+KEEP_ALIVE_TIMEOUT = 5
+
 
 @click.command()
 @click.argument("app_spec", metavar="APP_MODULE:APP")
@@ -30,12 +37,31 @@ logger = logging.getLogger(__name__)
     type=click.IntRange(1),
     help="Largest request body in bytes; default: the app's max_message_size plus 64 KiB.",
 )
-def serve(app_spec: str, host: str, port: int, max_body_size: int | None) -> None:
+@click.option(
+    "--body-timeout",
+    default=DEFAULT_BODY_TIMEOUT,
+    show_default=True,
+    type=click.FloatRange(0, 3600, min_open=True),
+    help="Seconds a client has to send the whole request body after its headers; "
+    "a slower body gets 408 and the connection is closed.",
+)
+def serve(
+    app_spec: str, host: str, port: int, max_body_size: int | None, body_timeout: float
+) -> None:
     """Serve the HTTP API of the app APP_MODULE:APP until SIGTERM or SIGINT.
 
     Bearer tokens come from SLUICEGATE_API_TOKENS, e.g. "tokA:write,tokB:read".
     Without tokens the server accepts unauthenticated requests, so it binds
     only to a loopback address.
+
+    Slow clients: a request body must arrive whole within --body-timeout
+    seconds of the headers (408 otherwise), and an idle keep-alive connection
+    is closed 5 s after its last response (uvicorn's timeout_keep_alive).
+    Headers are not timed: a client that connects and sends nothing, or
+    stops partway through its headers, keeps its connection open until it
+    closes it, because uvicorn 0.55 has no timeout for that phase. Put a
+    reverse proxy with a header timeout in front of a server that untrusted
+    clients reach.
     """
     import uvicorn
 
@@ -52,7 +78,7 @@ def serve(app_spec: str, host: str, port: int, max_body_size: int | None) -> Non
             "set tokens (e.g. TOKEN:write) to serve on other interfaces"
         )
     app = import_app(app_spec)
-    api = create_api(app, tokens=tokens, max_body_size=max_body_size)
+    api = create_api(app, tokens=tokens, max_body_size=max_body_size, body_timeout=body_timeout)
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     url = f"http://[{host}]:{bound_port}" if ":" in host else f"http://{host}:{bound_port}"
@@ -65,9 +91,15 @@ def serve(app_spec: str, host: str, port: int, max_body_size: int | None) -> Non
             url,
             TOKENS_VARIABLE,
         )
-    # TODO: a client that trickles its headers or body keeps its connection open
-    # indefinitely; uvicorn has no read timeout for an unfinished request.
-    config = uvicorn.Config(api, log_config=None, timeout_graceful_shutdown=5)
+    # NOTE: uvicorn 0.55 times only idle keep-alive connections (timeout_keep_alive).
+    # It bounds the header size (h11_max_incomplete_event_size) but not the time to
+    # send the headers. BodyReadTimeout bounds the time to send the body.
+    config = uvicorn.Config(
+        api,
+        log_config=None,
+        timeout_graceful_shutdown=5,
+        timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
+    )
     uvicorn.Server(config).run(sockets=[sock])
     logger.info("api server stopped url=%s", url)
 

@@ -6,10 +6,13 @@ FastAPI runs on its thread pool, because every backend call blocks.
 
 Status codes: 202 for a created job (with a ``Location`` header), and 200
 for a replayed idempotency key and for reads. 401 and 403 are for
-authentication (see :mod:`sluicegate.http.auth`), and 404 for an unknown
-job or queue. 413 rejects a body over the size limit. 422 rejects a request
-that names an unknown task, does not fit the task's signature or cannot be
-encoded. 503 with ``Retry-After`` reports a full queue or an unavailable store.
+authentication (see :mod:`sluicegate.http.auth`), checked before the body
+is read, and 404 for an unknown job, queue or breaker. 408 reports a body
+that did not arrive within the read timeout, and 413 a body over the size
+limit. 409 rejects a replayed idempotency key whose job runs another task.
+422 rejects a request that names an unknown task, does not fit the task's
+signature or cannot be encoded. 503 with ``Retry-After`` reports a full
+queue or an unavailable store.
 
 A job must be enqueued on its task's own queue: a ``POST`` to another
 queue gets 422, because a task's queue is part of its definition and
@@ -32,6 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sluicegate import __version__, codec
 from sluicegate.app import App
 from sluicegate.backpressure import MAX_RETRY_AFTER
+from sluicegate.breaker import BreakerSnapshot, breaker_of, is_known_breaker, known_breakers
 from sluicegate.broker import QueueStats
 from sluicegate.errors import (
     ConfigurationError,
@@ -43,14 +47,16 @@ from sluicegate.errors import (
     StoreUnavailable,
 )
 from sluicegate.http import schemas, sse
-from sluicegate.http.auth import Scope, requirement
-from sluicegate.http.limits import BodySizeLimit
+from sluicegate.http.auth import AuthenticatedRoute, Scope, requirement
+from sluicegate.http.limits import BodyReadTimeout, BodySizeLimit
 from sluicegate.http.metrics import ApiMetrics
 from sluicegate.http.schemas import (
+    BreakerBody,
     CountBody,
     DeadLetterBody,
     DetailBody,
     EnqueueRequest,
+    ForceOpenRequest,
     HealthBody,
     JobBody,
     QueueBody,
@@ -68,6 +74,9 @@ BODY_SIZE_MARGIN = 64 * 1024
 #: ``Retry-After``, in seconds, when the store does not respond.
 STORE_RETRY_AFTER = 1
 
+#: Seconds a client has to send a request body after its headers arrive.
+DEFAULT_BODY_TIMEOUT = 30.0
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": DetailBody, "description": "Missing or invalid bearer token."},
     403: {"model": DetailBody, "description": "The token lacks the scope."},
@@ -77,6 +86,7 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": DetailBody}}
 
 JobId = Annotated[str, Path(description="The job id returned at enqueue.")]
 QueueName = Annotated[str, Path(description="Queue name.")]
+BreakerName = Annotated[str, Path(description="Breaker name.", max_length=200)]
 
 
 def create_api(
@@ -85,12 +95,15 @@ def create_api(
     tokens: Mapping[str, Scope] | None = None,
     max_body_size: int | None = None,
     webhooks: WebhookPolicy | None = None,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ) -> FastAPI:
-    """Build the FastAPI application that serves ``app``'s queues and jobs.
+    """Build the FastAPI application that serves ``app``'s queues, jobs and breakers.
 
     ``tokens`` maps bearer tokens to scopes (none: no authentication).
     ``max_body_size`` caps a request body in bytes, checked while the body
     streams in; the default is ``app.max_message_size`` plus 64 KiB.
+    ``body_timeout`` is the seconds a client has to send the whole body once
+    its headers arrive; a later body gets 408.
     ``webhooks`` decides which callback URLs enqueue accepts; the default
     reads ``SLUICEGATE_WEBHOOK_HOSTS`` (see :mod:`sluicegate.webhooks`).
     """
@@ -102,14 +115,18 @@ def create_api(
         redoc_url=None,
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    # Every route checks its token before FastAPI reads the body.
+    api.router.route_class = AuthenticatedRoute
     state = _State(app, webhooks or WebhookPolicy.from_environment())
     read = [Depends(requirement(tokens or {}, Scope.READ))]
     write = [Depends(requirement(tokens or {}, Scope.WRITE))]
     api.add_middleware(BodySizeLimit, max_bytes=limit)
+    api.add_middleware(BodyReadTimeout, timeout=body_timeout)
     _add_error_handlers(api)
     _add_probe_routes(api, state, read)
     _add_job_routes(api, state, read, write)
     _add_queue_routes(api, state, read, write)
+    _add_breaker_routes(api, state, read, write)
     return api
 
 
@@ -119,7 +136,7 @@ class _State:
     def __init__(self, app: App, webhooks: WebhookPolicy) -> None:
         self.app = app
         self.webhooks = webhooks
-        self.metrics = ApiMetrics(lambda: app.backend.stats(), app.bounds)
+        self.metrics = ApiMetrics(lambda: app.backend.stats(), app.bounds, self.breaker_snapshots)
 
     def known_queues(self) -> dict[str, QueueStats]:
         """Return stats of every queue in the store or named by a task, by name."""
@@ -133,6 +150,22 @@ class _State:
     def queue_body(self, stats: QueueStats) -> dict[str, Any]:
         bounds = self.app.bounds(stats.name)
         return schemas.queue_body(stats, bounds.max_length, bounds.max_wait)
+
+    def breaker_body(self, name: str) -> dict[str, Any]:
+        snapshot = breaker_of(self.app, name).state()
+        return schemas.breaker_body(snapshot, declared=name in self.app.breakers)
+
+    def breaker_snapshots(self) -> list[BreakerSnapshot]:
+        """Return a snapshot of every known breaker, leaving out (and logging) unreadable ones."""
+        snapshots = []
+        for breaker in known_breakers(self.app):
+            try:
+                snapshots.append(breaker.state())
+            except StoreUnavailable as exc:
+                logger.error(
+                    "breaker state unavailable for metrics name=%s error=%s", breaker.name, exc
+                )
+        return snapshots
 
 
 def _add_error_handlers(api: FastAPI) -> None:
@@ -177,6 +210,12 @@ def _add_probe_routes(api: FastAPI, state: _State, read: list[Any]) -> None:
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
+    # A HEAD request gets the status and headers of GET, and uvicorn drops the body.
+    # The OpenAPI document lists only GET, because both methods would share one
+    # operation id.
+    for path, probe in (("/healthz", healthz), ("/readyz", readyz)):
+        api.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
+
     @api.get(
         "/metrics",
         dependencies=read,
@@ -199,6 +238,8 @@ def _add_job_routes(api: FastAPI, state: _State, read: list[Any], write: list[An
         response_model=JobBody,
         responses={
             200: {"model": JobBody, "description": "Replay of a known idempotency key."},
+            408: {"model": DetailBody, "description": "The body did not arrive in time."},
+            409: {"model": DetailBody, "description": "The key belongs to a job of another task."},
             413: {"model": DetailBody},
             **_ERRORS,
             503: {"model": QueueFullBody, "description": "The queue is full; see Retry-After."},
@@ -217,6 +258,15 @@ def _add_job_routes(api: FastAPI, state: _State, read: list[Any], write: list[An
         record = app.backend.get_job(result.job_id)
         if record is None:  # Expired between the two calls: only with a tiny retention.
             raise HTTPException(404, f"job {result.job_id} expired right after enqueue")
+        if not result.created and record.task != new.task:
+            # NOTE: a job record keeps its task but not its arguments, so a replay
+            # of the key with other args or kwargs for the same task cannot be
+            # distinguished from a retry, and it returns the existing job.
+            raise HTTPException(
+                409,
+                f"idempotency key {new.idempotency_key!r} belongs to job {record.id} of task "
+                f"{record.task!r}, not {new.task!r}; use another key for another call",
+            )
         response.headers["Location"] = f"/v1/jobs/{record.id}"
         if result.created:
             state.metrics.enqueued.labels(queue, new.task).inc()
@@ -371,6 +421,73 @@ def _add_queue_routes(api: FastAPI, state: _State, read: list[Any], write: list[
     def purge_dead(queue: QueueName) -> Any:
         """Delete every dead letter of the queue; return how many."""
         return {"count": backend.purge_dead(queue, None)}
+
+
+def _add_breaker_routes(api: FastAPI, state: _State, read: list[Any], write: list[Any]) -> None:
+    app = state.app
+
+    def require_known(name: str) -> None:
+        if not is_known_breaker(app, name):
+            raise HTTPException(
+                404,
+                f"breaker {name!r} not found: the app does not declare it and no state is stored",
+            )
+
+    @api.get(
+        "/v1/breakers",
+        dependencies=read,
+        response_model=list[BreakerBody],
+        responses=_ERRORS,
+        tags=["breakers"],
+    )
+    def list_breakers() -> Any:
+        """Return every breaker the app declares or the store has a state for, by name."""
+        return [state.breaker_body(breaker.name) for breaker in known_breakers(app)]
+
+    @api.get(
+        "/v1/breakers/{name}",
+        dependencies=read,
+        response_model=BreakerBody,
+        responses={**_NOT_FOUND, **_ERRORS},
+        tags=["breakers"],
+    )
+    def get_breaker(name: BreakerName) -> Any:
+        """Return one breaker's state, failure rate, counts and next probe time."""
+        require_known(name)
+        return state.breaker_body(name)
+
+    @api.post(
+        "/v1/breakers/{name}/reset",
+        dependencies=write,
+        response_model=BreakerBody,
+        responses={**_NOT_FOUND, **_ERRORS},
+        tags=["breakers"],
+    )
+    def reset_breaker(name: BreakerName) -> Any:
+        """Close the breaker in every process and forget its call counts; return its new state."""
+        require_known(name)
+        breaker_of(app, name).reset()
+        logger.info("breaker reset over http name=%s", name)
+        return state.breaker_body(name)
+
+    @api.post(
+        "/v1/breakers/{name}/force-open",
+        dependencies=write,
+        response_model=BreakerBody,
+        responses={**_NOT_FOUND, **_ERRORS},
+        tags=["breakers"],
+    )
+    def force_open_breaker(name: BreakerName, body: ForceOpenRequest | None = None) -> Any:
+        """Open the breaker in every process for ``duration`` seconds; return its new state.
+
+        Without a body, or without ``duration``, it stays open for its reset
+        timeout. After that it admits half-open probes as usual.
+        """
+        require_known(name)
+        duration = None if body is None else body.duration
+        breaker_of(app, name).force_open(duration)
+        logger.info("breaker forced open over http name=%s duration_s=%s", name, duration)
+        return state.breaker_body(name)
 
 
 def _prepare(state: _State, queue: str, body: EnqueueRequest) -> NewJob:

@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, model_validator
 
+from sluicegate.breaker import BreakerSnapshot
+from sluicegate.breaker_state import MAX_DURATION, Phase
 from sluicegate.broker import DeadLetter, QueueStats
 from sluicegate.documents import iso, job_document
 from sluicegate.store import JobRecord, JobState
@@ -134,6 +136,44 @@ class QueueFullBody(BaseModel):
     retry_after: float = Field(description="Seconds to wait, as estimated by the broker.")
 
 
+class BreakerBody(BaseModel):
+    """A circuit breaker's state as read from the store.
+
+    ``declared`` is false for a breaker that has a stored state but that the
+    served app does not declare. Its ``window`` and ``reset_timeout`` are then
+    the default options, and ``failure_rate`` counts over that window.
+    """
+
+    name: str
+    state: Phase
+    declared: bool
+    failure_rate: float = Field(description="Failures / calls in the window (0 without calls).")
+    calls: int = Field(description="Calls counted in the window.")
+    failures: int = Field(description="Failures counted in the window.")
+    window: float = Field(description="Length of the counting window, in seconds.")
+    opened_at: dt.datetime | None = Field(
+        description="When the breaker last opened: null while closed."
+    )
+    next_probe_at: dt.datetime | None = Field(
+        description="When it admits a probe call: null while closed."
+    )
+    reset_timeout: float = Field(description="Seconds it stays open before probing.")
+
+
+class ForceOpenRequest(BaseModel):
+    """The optional body of ``POST /v1/breakers/{name}/force-open``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    duration: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_DURATION,
+        allow_inf_nan=False,
+        description="Seconds to stay open before probing; default: the reset timeout.",
+    )
+
+
 class DetailBody(BaseModel):
     """A plain error body."""
 
@@ -164,6 +204,22 @@ def queue_body(stats: QueueStats, max_length: int, max_wait: float | None) -> di
         "completion_rate": stats.completion_rate,
         "max_length": max_length,
         "max_wait": max_wait,
+    }
+
+
+def breaker_body(snapshot: BreakerSnapshot, declared: bool) -> dict[str, Any]:
+    """Return a breaker snapshot as a dict matching :class:`BreakerBody`."""
+    return {
+        "name": snapshot.name,
+        "state": snapshot.state.value,
+        "declared": declared,
+        "failure_rate": snapshot.failure_rate,
+        "calls": snapshot.calls,
+        "failures": snapshot.failures,
+        "window": snapshot.window,
+        "opened_at": iso(snapshot.opened_at),
+        "next_probe_at": iso(snapshot.next_probe_at),
+        "reset_timeout": snapshot.reset_timeout,
     }
 
 
