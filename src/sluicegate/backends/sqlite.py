@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from sluicegate.backends._exchange import ExchangeShortcuts
+from sluicegate.backends._group_commit import GroupCommit
 from sluicegate.backends._wakeup import Listener, Notifier, channel_dir
 from sluicegate.backends.sqlite_schema import (
     BUCKET_SECONDS,
@@ -136,7 +137,12 @@ class SQLiteBackend(ExchangeShortcuts):
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        # Threads of this process take turns at the write lock here rather than in
+        # SQLite's busy handler, which sleeps up to 100 ms between tries.
+        self._write_turn = threading.RLock()
+        self._write_turn_pid = os.getpid()
         self._wake_dir = channel_dir(path)
+        self._commits = GroupCommit(self._write, self.clock, self._after_group_commit)
         self._notifier = Notifier(self._wake_dir)
         self._result_notifier = Notifier(self._wake_dir + "-results")
         try:
@@ -202,13 +208,16 @@ class SQLiteBackend(ExchangeShortcuts):
     def _write(self) -> Iterator[sqlite3.Connection]:
         """Run the body in one ``BEGIN IMMEDIATE`` transaction; commit or roll back."""
         conn = self._connection()
-        self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        self._retry_busy(lambda: conn.execute("COMMIT"))
+        if self._write_turn_pid != os.getpid():  # A forked child: the parent's threads are gone.
+            self._write_turn, self._write_turn_pid = threading.RLock(), os.getpid()
+        with self._write_turn:
+            self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self._retry_busy(lambda: conn.execute("COMMIT"))
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         conn = self._connection()
@@ -270,6 +279,10 @@ class SQLiteBackend(ExchangeShortcuts):
 
     # -- enqueue
 
+    def _after_group_commit(self, ready: bool) -> None:
+        if ready:
+            self._notifier.notify()
+
     def enqueue_jobs(self, jobs: Sequence[NewJob], bounds: QueueBounds) -> list[EnqueueResult]:
         """Create jobs and their messages in one transaction, all or none.
 
@@ -279,42 +292,44 @@ class SQLiteBackend(ExchangeShortcuts):
         """
         if not jobs:
             return []
-        now = self.clock()
-        with self._write() as conn:
+
+        def enqueue(conn: sqlite3.Connection, now: float) -> tuple[list[EnqueueResult], bool]:
             results, fresh = self._match_idempotency_keys(conn, jobs, now)
-            if fresh:
-                queue = fresh[0].message.queue
-                self._admit(conn, queue, len(fresh), bounds, now)
-                # No jobs row yet: the record is derived from the message until a
-                # worker reserves it (see sqlite_schema).
-                self._insert_messages(
-                    conn,
-                    queue,
-                    [_message_row(j.message, now, j.task, j.idempotency_key) for j in fresh],
-                    now,
+            if not fresh:
+                return results, False
+            queue = fresh[0].message.queue
+            self._admit(conn, queue, len(fresh), bounds, now)
+            # No jobs row yet: the record is derived from the message until a
+            # worker reserves it (see sqlite_schema).
+            self._insert_messages(
+                conn,
+                queue,
+                [_message_row(j.message, now, j.task, j.idempotency_key) for j in fresh],
+                now,
+            )
+            keyed = [(j.idempotency_key, j.message.id) for j in fresh if j.idempotency_key]
+            if keyed:
+                # REPLACE takes over the key of a job whose retention ended.
+                conn.executemany(
+                    "INSERT OR REPLACE INTO idempotency_keys (key, job_id) VALUES (?, ?)",
+                    keyed,
                 )
-                keyed = [(j.idempotency_key, j.message.id) for j in fresh if j.idempotency_key]
-                if keyed:
-                    # REPLACE takes over the key of a job whose retention ended.
-                    conn.executemany(
-                        "INSERT OR REPLACE INTO idempotency_keys (key, job_id) VALUES (?, ?)",
-                        keyed,
-                    )
-        if fresh and any(j.message.ready_at <= now for j in fresh):
-            self._notifier.notify()
-        return results
+            return results, any(j.message.ready_at <= now for j in fresh)
+
+        return self._commits.run(enqueue)
 
     def publish(self, messages: Sequence[OutgoingMessage], bounds: QueueBounds) -> None:
         """Add plain messages (no job records) to one queue, all or none."""
         if not messages:
             return
-        now = self.clock()
-        with self._write() as conn:
+
+        def publish(conn: sqlite3.Connection, now: float) -> tuple[None, bool]:
             self._admit(conn, messages[0].queue, len(messages), bounds, now)
             rows = [_message_row(m, now) for m in messages]
             self._insert_messages(conn, messages[0].queue, rows, now)
-        if any(m.ready_at <= now for m in messages):
-            self._notifier.notify()
+            return None, any(m.ready_at <= now for m in messages)
+
+        self._commits.run(publish)
 
     def _match_idempotency_keys(
         self, conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float

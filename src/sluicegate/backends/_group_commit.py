@@ -1,0 +1,124 @@
+"""Group commit: concurrent enqueues of one process share one SQLite transaction.
+
+A durable commit waits for an fsync, a few milliseconds on most disks, and
+SQLite admits one writer at a time. When many threads enqueue at once (an
+API server under load), each paying its own fsync in turn caps the process
+at a few hundred enqueues a second and queues them behind one another.
+
+Here the first caller to arrive becomes the leader: it takes every call
+waiting at that moment, runs each one inside its own savepoint of a single
+transaction and commits once. A call that raises (``QueueFull``, a bad
+idempotency key) rolls back to its savepoint and gets its own exception;
+the others are committed. If the commit itself fails, every call of the
+batch gets that exception, since none of them is durable. Callers that
+arrived while the leader worked wait; when the leader finishes, the first of
+them leads the next batch, so no thread does the work of others for ever.
+
+A lone caller leads a batch of one at once and pays for two uncontended
+lock acquisitions; nothing waits for company.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+#: Most calls committed in one transaction.
+MAX_BATCH = 256
+
+#: ``work(conn, now)`` returns its result and whether it made a message ready now.
+Work = Callable[[sqlite3.Connection, float], tuple[T, bool]]
+
+
+class _Call(Generic[T]):
+    __slots__ = ("done", "error", "lead", "ready", "result", "work")
+
+    def __init__(self, work: Work[T]) -> None:
+        self.work = work
+        self.done = threading.Event()
+        self.lead = False  # set with ``done`` when this call must lead the next batch
+        self.result: T | None = None
+        self.ready = False
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """Runs calls of ``work(conn, now)`` in shared transactions opened by ``write``.
+
+    Parameters:
+      write: a context manager factory giving a connection inside ``BEGIN
+        IMMEDIATE``, committed on exit and rolled back on an exception.
+      clock: the time passed to each call.
+      after_commit: called once after each successful commit with whether any
+        call of the batch made a message ready.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[], contextlib.AbstractContextManager[sqlite3.Connection]],
+        clock: Callable[[], float],
+        after_commit: Callable[[bool], None],
+    ) -> None:
+        self._write = write
+        self._clock = clock
+        self._after_commit = after_commit
+        self._lock = threading.Lock()
+        self._waiting: list[_Call[Any]] = []
+        self._leading = False
+
+    def run(self, work: Work[T]) -> T:
+        """Run ``work`` in a transaction shared with concurrent calls; return its result."""
+        call: _Call[T] = _Call(work)
+        with self._lock:
+            self._waiting.append(call)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            call.done.wait()
+            lead = call.lead
+        if lead:
+            self._lead()
+        if call.error is not None:
+            raise call.error
+        return call.result  # type: ignore[return-value]
+
+    def _lead(self) -> None:
+        with self._lock:
+            batch = self._waiting[:MAX_BATCH]
+            del self._waiting[:MAX_BATCH]
+        try:
+            self._commit(batch)
+        finally:
+            with self._lock:
+                successor = self._waiting[0] if self._waiting else None
+                self._leading = successor is not None
+            for call in batch:
+                call.done.set()
+            if successor is not None:
+                successor.lead = True
+                successor.done.set()
+
+    def _commit(self, batch: list[_Call[Any]]) -> None:
+        now = self._clock()
+        try:
+            with self._write() as conn:
+                for call in batch:
+                    conn.execute("SAVEPOINT enqueue_call")
+                    try:
+                        call.result, call.ready = call.work(conn, now)
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO enqueue_call")
+                        call.error = exc
+                    conn.execute("RELEASE enqueue_call")
+        except BaseException as exc:
+            for call in batch:
+                call.error = call.error or exc
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._after_commit(any(call.ready and call.error is None for call in batch))
