@@ -3,10 +3,8 @@
 Producers and workers send ``pg_notify`` inside their transactions, so a
 notification leaves only when the messages it announces are committed. Each
 backend keeps one dedicated autocommit connection that LISTENs on its
-channels, and a thread that turns every notification into one byte written
-to the pipe of every subscribed :class:`PipeWaiter`. A waiter's ``fileno``
-is the read end of its pipe, so it fits an event loop's ``add_reader`` like
-the SQLite backend's datagram socket.
+channels, and a thread that wakes every subscribed
+:class:`~sluicegate.backends._pipe_waiter.PipeWaiter` at each notification.
 
 When the connection drops, the thread reconnects with backoff and then wakes
 every waiter once, because notifications sent while it was away are lost.
@@ -15,7 +13,6 @@ Waiters poll at a long interval too, so a lost wake-up only delays work.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
@@ -26,6 +23,8 @@ from typing import Any
 
 import psycopg
 from psycopg import pq, sql
+
+from sluicegate.backends._pipe_waiter import PipeWaiter
 
 logger = logging.getLogger(__name__)
 
@@ -43,54 +42,6 @@ KEEPALIVES = {
     "keepalives_interval": 5,
     "keepalives_count": 3,
 }
-
-
-class PipeWaiter:
-    """A wake-up subscription: a pipe that turns readable when its channel is notified."""
-
-    def __init__(self, hub: NotificationHub, channel: str) -> None:
-        self.channel = channel
-        self._hub = hub
-        self._read_fd, self._write_fd = os.pipe()
-        os.set_blocking(self._read_fd, False)
-        os.set_blocking(self._write_fd, False)
-        self._closed = False
-        # The hub's thread may wake a waiter that is being closed; the lock keeps it
-        # from writing to a closed descriptor whose number another file may reuse.
-        self._lock = threading.Lock()
-
-    def fileno(self) -> int:
-        return self._read_fd
-
-    def wait(self, timeout: float) -> bool:
-        """Block up to ``timeout`` seconds for a wake-up; return whether one came."""
-        readable, _, _ = select.select([self._read_fd], [], [], max(timeout, 0.0))
-        if readable:
-            self.drain()
-        return bool(readable)
-
-    def drain(self) -> None:
-        """Discard pending wake-ups, so the next wait blocks until a new one."""
-        with contextlib.suppress(BlockingIOError, InterruptedError):
-            while os.read(self._read_fd, 4096):
-                pass
-
-    def wake(self) -> None:
-        """Make the waiter readable, without blocking; a closed waiter is left alone."""
-        with self._lock:
-            if self._closed:
-                return
-            with contextlib.suppress(BlockingIOError, InterruptedError):
-                os.write(self._write_fd, b"!")  # A full pipe means a wake-up is pending already.
-
-    def close(self) -> None:
-        self._hub.unsubscribe(self)
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            os.close(self._read_fd)
-            os.close(self._write_fd)
 
 
 class NotificationHub:

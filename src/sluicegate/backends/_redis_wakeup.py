@@ -1,15 +1,17 @@
-"""Wake-up for the Redis backend: a pub/sub subscription behind a stable file descriptor.
+"""Wake-up for the Redis backend: one pub/sub subscription per channel, shared by its waiters.
 
 The scripts PUBLISH on ``{P}:wake`` when messages become ready and on
-``{P}:results`` when a job becomes final. A :class:`PubSubWaiter` holds one
+``{P}:results`` when a job becomes final. A :class:`ChannelHub` holds one
 subscription on its own connection and a thread that blocks reading it (the
-server pushes each message, so nothing polls). Each message writes one byte
-into a socket pair whose read end is the waiter's ``fileno()``.
+server pushes each message, so nothing polls). Each message wakes every
+:class:`~sluicegate.backends._pipe_waiter.PipeWaiter` subscribed to the hub,
+so a ``Job.result()`` call costs a pipe, not a connection, a subscription and
+a thread of its own.
 
-The socket pair, not the Redis socket, is what a caller watches, because the
+A waiter's pipe, not the Redis socket, is what a caller watches, because the
 Redis socket is replaced when the connection is re-established: the worker's
 ``loop.add_reader(listener.fileno())`` stays valid across a server restart.
-After each reconnect the thread writes one byte too, since a message
+After each reconnect the thread wakes every waiter too, since a message
 published while it was away is lost and the caller must look for work.
 """
 
@@ -17,13 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
-import select
-import socket
 import threading
 from typing import Any
 
 import redis
+
+from sluicegate.backends._pipe_waiter import PipeWaiter
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +41,11 @@ MIN_BACKOFF = 0.05
 MAX_BACKOFF = 2.0
 
 
-class PubSubWaiter:
-    """A subscription to one channel that a caller waits on like a socket.
+class ChannelHub:
+    """One subscription to one channel and its reading thread, shared by many waiters.
 
-    It is subscribed when the constructor returns, so a message published
-    after that wakes it. Raises ``redis.ConnectionError`` if the first
-    subscription fails.
+    Nothing connects until the first :meth:`subscribe`, which subscribes on
+    the calling thread and raises ``redis.ConnectionError`` if that fails.
     """
 
     def __init__(self, client: redis.Redis, channel: str, address: str) -> None:
@@ -51,49 +53,54 @@ class PubSubWaiter:
         self._channel = channel
         self._address = address
         self._closed = threading.Event()
-        self._read_end, self._write_end = socket.socketpair()
-        self._read_end.setblocking(False)
-        self._write_end.setblocking(False)
-        try:
-            self._pubsub: Any = self._subscribe()
-        except BaseException:
-            self._read_end.close()
-            self._write_end.close()
-            raise
-        self._thread = threading.Thread(
-            target=self._run, name=f"sluicegate-wake-{channel}", daemon=True
-        )
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._waiters: set[PipeWaiter] = set()
+        self._pubsub: Any = None
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
 
-    def fileno(self) -> int:
-        return self._read_end.fileno()
+    def subscribe(self) -> PipeWaiter:
+        """Return a waiter woken by each message on the channel; the caller closes it.
 
-    def wait(self, timeout: float) -> bool:
-        """Block up to ``timeout`` seconds for a wake-up; return whether one came."""
-        readable, _, _ = select.select([self._read_end], [], [], max(timeout, 0.0))
-        if readable:
-            self.drain()
-        return bool(readable)
+        The channel is subscribed when this returns, so a message published
+        after that wakes the waiter (or, if the connection drops first, the
+        wake-up that follows the reconnect does).
+        """
+        with self._lock:
+            if self._closed.is_set():
+                raise RuntimeError(f"the subscription to {self._channel} is closed")
+            if self._pid != os.getpid():
+                # A forked child has the parent's state but not its thread.
+                self._pid, self._thread, self._pubsub = os.getpid(), None, None
+                self._waiters.clear()
+            if self._thread is None:
+                self._pubsub = self._subscribe()
+                self._thread = threading.Thread(
+                    target=self._run, name=f"sluicegate-sub-{self._channel}", daemon=True
+                )
+                self._thread.start()
+            waiter = PipeWaiter(self, self._channel)
+            self._waiters.add(waiter)
+        return waiter
 
-    def drain(self) -> None:
-        """Discard pending wake-ups, so the next wait blocks until a new one."""
-        with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
-            while self._read_end.recv(256):
-                pass
+    def unsubscribe(self, waiter: PipeWaiter) -> None:
+        with self._lock:
+            self._waiters.discard(waiter)
 
     def close(self) -> None:
-        """Stop the thread, unsubscribe and release both sockets."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        pubsub = self._pubsub
+        """Stop the thread and close the subscription; waiters stay open until closed."""
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+            pubsub, thread = self._pubsub, self._thread
         if pubsub is not None and pubsub.connection is not None:
             # Shutting the socket down wakes the thread from its blocking read.
             with contextlib.suppress(Exception):
                 pubsub.connection.disconnect()
-        self._thread.join(READ_TIMEOUT + 1.0)
-        self._read_end.close()
-        self._write_end.close()
+        if thread is not None:
+            thread.join(READ_TIMEOUT + 1.0)
+        self._discard()
 
     def _subscribe(self) -> Any:
         pubsub = self._client.pubsub()
@@ -113,9 +120,11 @@ class PubSubWaiter:
                 pubsub.close()
             raise
 
-    def _signal(self) -> None:
-        with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
-            self._write_end.send(b"!")  # A full buffer means a wake-up is pending anyway.
+    def _wake_all(self) -> None:
+        with self._lock:
+            waiters = list(self._waiters)
+        for waiter in waiters:
+            waiter.wake()
 
     def _run(self) -> None:
         backoff = MIN_BACKOFF
@@ -129,10 +138,10 @@ class PubSubWaiter:
                         self._channel,
                     )
                     backoff = MIN_BACKOFF
-                    self._signal()
+                    self._wake_all()
                 reply = self._pubsub.get_message(timeout=READ_TIMEOUT)
                 if reply is not None and reply["type"] == "message":
-                    self._signal()
+                    self._wake_all()
             except (redis.ConnectionError, redis.TimeoutError, OSError, ValueError) as exc:
                 if self._closed.is_set():
                     break

@@ -35,6 +35,7 @@ repeated if its jobs exist.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -45,12 +46,14 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
+from psycopg import pq
 from psycopg.rows import TupleRow, tuple_row
 from psycopg_pool import ConnectionPool
 
 from sluicegate.backends import _pg_statements
 from sluicegate.backends._exchange import ExchangeShortcuts
-from sluicegate.backends._pg_notify import KEEPALIVES, NotificationHub, PipeWaiter
+from sluicegate.backends._pg_notify import KEEPALIVES, NotificationHub
+from sluicegate.backends._pipe_waiter import PipeWaiter
 from sluicegate.backends.postgres_schema import (
     BUCKET_SECONDS,
     DELAYED,
@@ -213,11 +216,22 @@ class PostgresBackend(ExchangeShortcuts):
                 self._pool = pool
             return self._pool
 
-    def _run(self, operation: Callable[[Cursor], T], what: str, *, transaction: bool = True) -> T:
+    def _run(
+        self,
+        operation: Callable[[Cursor], T],
+        what: str,
+        *,
+        transaction: bool = True,
+        pipeline: bool = False,
+    ) -> T:
         """Run ``operation`` on a pooled connection, retrying lost connections with backoff.
 
         With ``transaction`` the operation runs in one transaction; without,
         each statement commits on its own (single-statement reads and writes).
+        With ``pipeline`` the transaction runs in libpq's pipeline mode: a
+        statement whose result the operation does not fetch (and BEGIN) is
+        sent without waiting for the server, so it shares a round trip with
+        the next fetch, and COMMIT takes one more.
         """
         pool = self._get_pool()
         started = time.monotonic()
@@ -232,6 +246,8 @@ class PostgresBackend(ExchangeShortcuts):
                     cursor = conn.cursor(row_factory=tuple_row)
                     if not transaction:
                         result = operation(cursor)
+                    elif pipeline:
+                        result = _in_pipeline(conn, cursor, operation)
                     else:
                         with conn.transaction():
                             result = operation(cursor)
@@ -320,6 +336,9 @@ class PostgresBackend(ExchangeShortcuts):
         """
         if not jobs:
             return []
+        if _fits_one_statement(len(jobs), bounds) and not any(j.idempotency_key for j in jobs):
+            self._enqueue_at_once([job.message for job in jobs], jobs, bounds)
+            return [EnqueueResult(job.message.id, created=True) for job in jobs]
         ids = [job.message.id for job in jobs]
         last: list[EnqueueResult] = []
 
@@ -359,6 +378,9 @@ class PostgresBackend(ExchangeShortcuts):
         """Add plain messages (no job records) to one queue, all or none."""
         if not messages:
             return
+        if _fits_one_statement(len(messages), bounds):
+            self._enqueue_at_once(messages, (), bounds)
+            return
         ids = [m.id for m in messages]
         attempted = False
 
@@ -372,6 +394,54 @@ class PostgresBackend(ExchangeShortcuts):
             self._insert_messages(cur, messages, now)
 
         self._run(publish, "publish")
+
+    def _enqueue_at_once(
+        self, messages: Sequence[OutgoingMessage], jobs: Sequence[NewJob], bounds: QueueBounds
+    ) -> None:
+        """Admit and insert ``messages`` (and the records of ``jobs``) in one statement.
+
+        Only for a batch that ``_fits_one_statement`` and has no idempotency
+        keys. Raises ``QueueFull`` if the batch does not fit under ``bounds``.
+        """
+        queue = messages[0].queue
+        ids = [m.id for m in messages]
+        existing = "EXISTING_JOBS" if jobs else "EXISTING_MESSAGES"
+        attempted = False
+
+        def enqueue(cur: Cursor) -> tuple[float, TupleRow | None]:
+            nonlocal attempted
+            if attempted and cur.execute(self._sql[existing], [ids]).fetchone():
+                return 0.0, None  # An earlier attempt committed before its connection dropped.
+            attempted = True
+            now = self.clock()
+            params = {
+                "queue": queue,
+                "max_length": bounds.max_length,
+                "count": len(messages),
+                "bucket": _bucket(now),
+                "now": now,
+                "ids": ids,
+                "prios": [-m.priority for m in messages],
+                "ready_at": [m.ready_at for m in messages],
+                "enqueued_at": [m.enqueued_at for m in messages],
+                "bodies": [m.body for m in messages],
+                "job_ids": [j.message.id for j in jobs],
+                "tasks": [j.task for j in jobs],
+                "created_at": [j.message.enqueued_at for j in jobs],
+                "etas": [j.message.ready_at for j in jobs],
+                "wake": any(m.ready_at <= now for m in messages),
+                "channel": self._wake_channel,
+            }
+            return now, cur.execute(self._sql["ENQUEUE_AT_ONCE"], params).fetchone()
+
+        now, row = self._run(enqueue, "enqueue", transaction=False)
+        if row is None or row[0]:
+            return
+        enqueued, removed, *rates = row[2:]
+        excess = int(enqueued or 0) + len(messages) - int(removed or 0) - bounds.max_length
+        completed = _completed_recently(rates, now)
+        retry_after = estimate_retry_after(excess, completed, _window(now))
+        raise QueueFull(queue, "max_length", bounds.max_length, retry_after)
 
     def _enqueue(
         self, cur: Cursor, jobs: Sequence[NewJob], bounds: QueueBounds, now: float
@@ -487,11 +557,12 @@ class PostgresBackend(ExchangeShortcuts):
             settled = self._settle_all(cur, settlements, now) if settlements else []
             deliveries: list[Delivery] = []
             if limit > 0 and queues:
-                self._promote_due(cur, now)
+                promoted = self._promote_due(cur, now)
                 deliveries = self._reserve(cur, queues, limit, lease, worker, now)
+                self._log_expired(promoted)
             return settled, deliveries
 
-        return self._run(exchange, "exchange")
+        return self._run(exchange, "exchange", pipeline=True)
 
     def _settle_all(self, cur: Cursor, settlements: Sequence[Settlement], now: float) -> list[bool]:
         done: set[tuple[str, int]] = set()
@@ -553,19 +624,27 @@ class PostgresBackend(ExchangeShortcuts):
                 column.append(value)
         cur.execute(self._sql["UPDATE_JOBS"], columns)
 
-    def _promote_due(self, cur: Cursor, now: float) -> None:
-        rows = cur.execute(self._sql["PROMOTE_DUE"], {"now": now, "limit": PROMOTE_LIMIT})
-        expired = [row for row in rows.fetchall() if row[2] == RESERVED]
-        for message_id, queue, _, worker, deliveries in expired:
-            logger.warning(
-                "lease expired, message redelivered message_id=%s queue=%s worker=%s deliveries=%d",
-                message_id,
-                queue,
-                worker,
-                deliveries,
-            )
-        if expired:
-            cur.execute(self._sql["REQUEUE_EXPIRED_JOBS"], [[row[0] for row in expired]])
+    def _promote_due(self, cur: Cursor, now: float) -> Cursor:
+        """Send PROMOTE_DUE on a cursor of its own, whose rows are read after RESERVE's.
+
+        In pipeline mode a result stays in the cursor that ran its statement, so
+        RESERVE on ``cur`` goes out without waiting for this one.
+        """
+        promoted = cur.connection.cursor(row_factory=tuple_row)
+        promoted.execute(self._sql["PROMOTE_DUE"], {"now": now, "limit": PROMOTE_LIMIT})
+        return promoted
+
+    def _log_expired(self, promoted: Cursor) -> None:
+        for message_id, queue, was, worker, deliveries in promoted.fetchall():
+            if was == RESERVED:
+                logger.warning(
+                    "lease expired, message redelivered message_id=%s queue=%s worker=%s "
+                    "deliveries=%d",
+                    message_id,
+                    queue,
+                    worker,
+                    deliveries,
+                )
 
     def _reserve(
         self,
@@ -587,14 +666,11 @@ class PostgresBackend(ExchangeShortcuts):
                 "limit": limit - len(rows),
                 "lease_until": now + lease,
                 "worker": worker,
+                "now": now,
             }
             picked = cur.execute(self._sql["RESERVE"], params).fetchall()
             # RETURNING has no order; restore priority then FIFO order within each queue.
             rows += sorted(picked, key=lambda row: (row[6], row[7], row[0]))
-        if not rows:
-            return []
-        started = cur.execute(self._sql["START_JOBS"], [now, [row[0] for row in rows]])
-        cancel = {job_id for job_id, requested in started.fetchall() if requested}
         return [
             Delivery(
                 message_id=message_id,
@@ -604,9 +680,9 @@ class PostgresBackend(ExchangeShortcuts):
                 lease_until=now + lease,
                 delivery_count=deliveries,
                 enqueued_at=enqueued_at,
-                cancel_requested=message_id in cancel,
+                cancel_requested=bool(cancel),
             )
-            for message_id, queue, fence, deliveries, enqueued_at, body, _, _ in rows
+            for message_id, queue, fence, deliveries, enqueued_at, body, _, _, cancel in rows
         ]
 
     def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
@@ -828,6 +904,37 @@ class PostgresBackend(ExchangeShortcuts):
 
     def keys(self, prefix: str) -> list[str]:
         return [str(row[0]) for row in self._query("KEYS", [prefix])]
+
+
+def _in_pipeline(conn: Connection, cursor: Cursor, operation: Callable[[Cursor], T]) -> T:
+    """Run ``operation`` in one transaction in pipeline mode, rolling back if it fails.
+
+    BEGIN and COMMIT are plain statements here, so BEGIN travels with the
+    first fetch and COMMIT with the pipeline's closing sync. psycopg 3.3's
+    ``transaction()`` inside a pipeline waits for the server at BEGIN, before
+    COMMIT, at COMMIT and at the sync: four round trips instead of one
+    (counted with libpq's protocol trace).
+    """
+    try:
+        with conn.pipeline():
+            cursor.execute(b"BEGIN")
+            result = operation(cursor)
+            cursor.execute(b"COMMIT")
+    except BaseException:
+        if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute(b"ROLLBACK")
+        raise
+    return result
+
+
+def _fits_one_statement(count: int, bounds: QueueBounds) -> bool:
+    """Tell whether a batch of ``count`` can be enqueued by ``ENQUEUE_AT_ONCE``.
+
+    That statement checks only ``max_length``, and it inserts a new queue's
+    counter row without a check, so a longer batch takes the transaction.
+    """
+    return bounds.max_wait is None and count <= bounds.max_length
 
 
 def _statement_for(settlement: Settlement) -> str:

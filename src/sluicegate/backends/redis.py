@@ -47,6 +47,7 @@ import functools
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -59,7 +60,9 @@ from redis.sentinel import Sentinel
 
 from sluicegate.backends import redact
 from sluicegate.backends._exchange import ExchangeShortcuts
-from sluicegate.backends._redis_wakeup import PubSubWaiter
+from sluicegate.backends._pipe_waiter import PipeWaiter
+from sluicegate.backends._redis_packer import command_packer
+from sluicegate.backends._redis_wakeup import ChannelHub
 from sluicegate.backends.redis_keys import DEFAULT_PREFIX, JOB_FIELDS, Keys
 from sluicegate.backends.redis_scripts import (
     ACQUIRE_LOCK,
@@ -149,6 +152,8 @@ class RedisBackend(ExchangeShortcuts):
         self.address = describe(url)
         self._client = connect(url, socket_timeout)
         self._routing = [self.layout.queues]
+        self._hubs: dict[str, ChannelHub] = {}
+        self._hubs_lock = threading.Lock()
         self._scripts = {
             name: self._client.register_script(source)
             for name, source in (
@@ -220,6 +225,10 @@ class RedisBackend(ExchangeShortcuts):
 
     def close(self) -> None:
         """Close every connection this backend opened."""
+        with self._hubs_lock:
+            hubs, self._hubs = list(self._hubs.values()), {}
+        for hub in hubs:
+            hub.close()
         self._client.close()
         self._client.connection_pool.disconnect()
 
@@ -461,17 +470,21 @@ class RedisBackend(ExchangeShortcuts):
 
     # -- waiting
 
-    def listener(self) -> PubSubWaiter:
+    def listener(self) -> PipeWaiter:
         """Subscribe to "messages may be ready" signals; the caller closes the waiter."""
-        return self._retrying(
-            lambda: PubSubWaiter(self._client, self.layout.wake_channel, self.address)
-        )
+        return self._subscribe(self.layout.wake_channel)
 
-    def result_listener(self) -> PubSubWaiter:
+    def result_listener(self) -> PipeWaiter:
         """Subscribe to "a job reached a final state" signals; the caller closes the waiter."""
-        return self._retrying(
-            lambda: PubSubWaiter(self._client, self.layout.results_channel, self.address)
-        )
+        return self._subscribe(self.layout.results_channel)
+
+    def _subscribe(self, channel: str) -> PipeWaiter:
+        """Return a waiter on the backend's one subscription to ``channel``, opened on first use."""
+        with self._hubs_lock:
+            hub = self._hubs.get(channel)
+            if hub is None:
+                hub = self._hubs[channel] = ChannelHub(self._client, channel, self.address)
+        return self._retrying(hub.subscribe)
 
     def next_due(self) -> float | None:
         """Return the earliest ready time of a delayed message or lease expiry."""
@@ -566,6 +579,9 @@ def connect(url: str, socket_timeout: float) -> redis.Redis:
         "socket_connect_timeout": min(socket_timeout, 5.0),
         "socket_keepalive": True,
     }
+    packer = command_packer()
+    if packer is not None:
+        options["command_packer"] = packer
     if scheme != "redis+sentinel":
         return redis.Redis.from_url(url, **options)
     return _sentinel_client(url, options)

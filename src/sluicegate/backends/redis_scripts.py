@@ -336,24 +336,29 @@ local function promote(queue, expired)
   end
 end
 
+-- Lease one message popped from a ready set, or return false if the message is gone.
+-- Each hash is read with one HMGET and written with one HSET, because each redis.call
+-- adds about 1 us to a small command's 0.5 to 2 us (INFO commandstats, Redis 7.0).
+-- Counters stay far below 2^53, so Lua numbers hold them exactly.
 local function lease(queue, id, deliveries)
   local message = mkey(id)
-  local fence = redis.call('HINCRBY', message, 'fence', 1)
-  local count = redis.call('HINCRBY', message, 'deliveries', 1)
-  redis.call('HSET', message, 'worker', worker)
+  local fields = redis.call('HMGET', message, 'fence', 'deliveries', 'body', 'enqueued_at')
+  if not fields[1] then return false end
+  local fence, count = tonumber(fields[1]) + 1, tonumber(fields[2]) + 1
+  redis.call('HSET', message, 'fence', fence, 'deliveries', count, 'worker', worker)
   redis.call('ZADD', qkey(queue, 'leased'), lease_until, id)
-  local fields = redis.call('HMGET', message, 'body', 'enqueued_at')
   local cancel = 0
   local job = jkey(id)
-  if redis.call('EXISTS', job) == 1 then
-    redis.call('HSET', job, 'state', 'running', 'started_at', now_text)
-    redis.call('HINCRBY', job, 'attempts', 1)
-    redis.call('HINCRBY', job, 'version', 1)
-    if redis.call('HGET', job, 'cancel_requested') == '1' then cancel = 1 end
+  local record = redis.call('HMGET', job, 'state', 'attempts', 'version', 'cancel_requested')
+  if record[1] then
+    redis.call('HSET', job, 'state', 'running', 'started_at', now_text,
+      'attempts', (tonumber(record[2]) or 0) + 1, 'version', (tonumber(record[3]) or 0) + 1)
+    if record[4] == '1' then cancel = 1 end
   end
-  for _, value in ipairs({id, queue, fence, count, fields[2], fields[1], cancel}) do
+  for _, value in ipairs({id, queue, fence, count, fields[4], fields[3], cancel}) do
     table.insert(deliveries, value)
   end
+  return true
 end
 
 local deliveries, expired = {}, {}
@@ -364,13 +369,9 @@ for _, queue in ipairs(queues) do
   for _, priority in ipairs(levels(queue)) do
     if remaining <= 0 then break end
     local key = qkey(queue, 'ready:' .. priority)
-    local ids = redis.call('ZRANGE', key, 0, remaining - 1)
-    for _, id in ipairs(ids) do
-      redis.call('ZREM', key, id)
-      if redis.call('EXISTS', mkey(id)) == 1 then
-        lease(queue, id, deliveries)
-        remaining = remaining - 1
-      end
+    local popped = redis.call('ZPOPMIN', key, remaining)
+    for j = 1, #popped, 2 do
+      if lease(queue, popped[j], deliveries) then remaining = remaining - 1 end
     end
     if redis.call('ZCARD', key) == 0 then redis.call('ZREM', qkey(queue, 'levels'), priority) end
   end
