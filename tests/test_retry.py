@@ -57,3 +57,15 @@ def test_retry_after_is_clamped() -> None:
 def test_retry_after_without_rate_is_positive() -> None:
     assert estimate_retry_after(10, 0, 60.0) == UNKNOWN_RATE_RETRY_AFTER
     assert UNKNOWN_RATE_RETRY_AFTER > 0
+
+
+def test_spread_full_jitter_stays_in_range() -> None:
+    backoff = Backoff()
+    spreads = [backoff.spread(2.0) for _ in range(200)]
+    assert all(0.0 <= spread <= 2.0 for spread in spreads)
+    assert len(set(spreads)) > 1
+
+
+def test_spread_without_jitter_is_zero() -> None:
+    assert Backoff(jitter="none").spread(5.0) == 0.0
+    assert Backoff().spread(-1.0) == 0.0

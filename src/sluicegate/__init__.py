@@ -8,6 +8,7 @@ from sluicegate.errors import (
     BreakerOpen,
     Cancelled,
     ConfigurationError,
+    DeadlineExceeded,
     DecodeError,
     EncodeError,
     Fail,
@@ -73,6 +74,7 @@ __all__ = [
     "Client",
     # errors
     "ConfigurationError",
+    "DeadlineExceeded",
     "DecodeError",
     "EncodeError",
     "InvalidArguments",

@@ -21,7 +21,9 @@ from sluicegate.errors import ConfigurationError, JobNotFound, UnknownTask
 from sluicegate.job import Job
 from sluicegate.message import DEFAULT_MAX_MESSAGE_SIZE
 from sluicegate.queue import Queue
+from sluicegate.ratelimit import parse_rate
 from sluicegate.retry import Backoff
+from sluicegate.retry_budget import RetryBudget
 from sluicegate.schedule import (
     DEFAULT_MAX_CATCH_UP,
     CatchUp,
@@ -92,6 +94,8 @@ class App:
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: dict[str, Schedule] = {}
         self._bounds: dict[str, QueueBounds] = {}
+        self._retry_budgets: dict[str, RetryBudget] = {}
+        self._retry_budget_options: dict[str, tuple[float | None, float, int]] = {}
         self.breakers: dict[str, Breaker] = {}
         self._breaker_options: dict[str, dict[str, Any]] = {}
         self._backend: Backend | None = None
@@ -153,6 +157,40 @@ class App:
     def bounds(self, queue: str) -> QueueBounds:
         """Return the declared bounds of ``queue``, or the defaults."""
         return self._bounds.get(queue) or QueueBounds(max_length=DEFAULT_MAX_LENGTH)
+
+    def retry_budget(
+        self,
+        queue: str,
+        ratio: float | None = 0.2,
+        window: float = 10.0,
+        min_retries: int = 100,
+    ) -> RetryBudget | None:
+        """Return the retry budget of ``queue``, declaring it on first use.
+
+        Retries of the queue's jobs run at their backoff while they number at
+        most ``ratio`` times the first attempts over the last ``window``
+        seconds, or ``min_retries`` per window, whichever is more; past that
+        they wait longer (see :mod:`sluicegate.retry_budget`). The defaults
+        allow 20% retries and at least 10 a second. ``ratio=None`` turns the
+        queue's budget off and returns None. Declare a budget before workers
+        start, with the same options in every process; a later call with the
+        default options returns the declared one, and one with other options
+        raises ``ConfigurationError``.
+        """
+        _check_queue_name(queue)
+        options = (ratio, window, min_retries)
+        declared = self._retry_budget_options.get(queue)
+        if declared is not None and options not in (declared, _DEFAULT_BUDGET_OPTIONS):
+            raise ConfigurationError(
+                f"the retry budget of queue {queue!r} is declared already with other options"
+            )
+        if declared is None:
+            self._retry_budget_options[queue] = options
+            if ratio is not None:
+                self._retry_budgets[queue] = RetryBudget(
+                    queue, lambda: self.backend, ratio, window, min_retries
+                )
+        return self._retry_budgets.get(queue)
 
     # -- breakers
 
@@ -223,6 +261,9 @@ class App:
         retry_on: Sequence[type[BaseException]] = (Exception,),
         lease: float | None = None,
         retention: float | None = None,
+        breaker: str | None = None,
+        rate_limit: str | None = None,
+        deadline: float | dt.timedelta | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -239,6 +280,9 @@ class App:
         retry_on: Sequence[type[BaseException]] = (Exception,),
         lease: float | None = None,
         retention: float | None = None,
+        breaker: str | None = None,
+        rate_limit: str | None = None,
+        deadline: float | dt.timedelta | None = None,
     ) -> Any:
         """Register a function as a task; use as ``@app.task`` or ``@app.task(...)``.
 
@@ -247,6 +291,16 @@ class App:
         function in a worker's process pool, for CPU-bound work.
         ``timeout`` is in seconds; ``retries`` counts retries after the
         first attempt.
+
+        ``breaker`` names a breaker of this app (see :meth:`breaker`; an
+        undeclared name gets the default options): while it is open, a job
+        goes back to its queue until the breaker may admit a probe, its
+        attempt count unchanged, and failures of the breaker's
+        ``failure_types`` count toward it. ``rate_limit`` (``"100/s"``,
+        ``"1000/m"``, see :func:`sluicegate.ratelimit.parse_rate`) caps the
+        attempts started per period by every worker together; a job over it
+        waits, spending no attempt. ``deadline`` (seconds or a timedelta)
+        fails a job that has not started that long after its enqueue.
         """
 
         def register(function: Callable[..., Any]) -> Task[Any, Any]:
@@ -263,6 +317,9 @@ class App:
                 retention=(
                     self.retention if retention is None else _check_positive("retention", retention)
                 ),
+                breaker=_check_breaker_name(breaker),
+                rate_limit=None if rate_limit is None else parse_rate(rate_limit),
+                deadline=_check_deadline(deadline),
             )
             if options.name in self.tasks:
                 raise ConfigurationError(f"a task named {options.name!r} is registered already")
@@ -379,6 +436,9 @@ _DEFAULT_BREAKER_OPTIONS: dict[str, Any] = {
     "max_reset_timeout": None,
 }
 
+#: The options ``app.retry_budget(queue)`` reads as "the declared budget, or the default".
+_DEFAULT_BUDGET_OPTIONS: tuple[float | None, float, int] = (0.2, 10.0, 100)
+
 
 def task_name(function: Callable[..., Any]) -> str:
     """Return the default task name: ``module.qualname``.
@@ -426,6 +486,19 @@ def _check_retry_on(retry_on: object) -> tuple[type[BaseException], ...]:
     raise ConfigurationError(
         f"retry_on must be exception classes, e.g. (ConnectionError,), got {retry_on!r}"
     )
+
+
+def _check_breaker_name(name: str | None) -> str | None:
+    if name is not None and (not isinstance(name, str) or not name or len(name) > 200):
+        raise ConfigurationError(f"breaker must be a breaker's name, got {name!r}")
+    return name
+
+
+def _check_deadline(deadline: float | dt.timedelta | None) -> float | None:
+    if deadline is None:
+        return None
+    seconds = deadline.total_seconds() if isinstance(deadline, dt.timedelta) else deadline
+    return _check_positive("deadline", seconds)
 
 
 def _check_retries(retries: int) -> int:

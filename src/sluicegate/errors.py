@@ -63,6 +63,14 @@ class BreakerOpen(SluicegateError):
         )
 
 
+class DeadlineExceeded(SluicegateError):
+    """A job had not started by its task's ``deadline``; a worker failed it without running it.
+
+    Workers record it by name in the job's error (``JobFailed.error_type``);
+    it is not raised in the producer.
+    """
+
+
 class JobNotFound(SluicegateError, LookupError):
     """No job with this id exists: it was never enqueued, or its record expired."""
 

@@ -46,3 +46,11 @@ class Backoff:
         """Return the wait, in seconds, before the retry that follows ``attempt``."""
         ceiling = self.ceiling(attempt)
         return random.uniform(0, ceiling) if self.jitter == "full" else ceiling
+
+    def spread(self, seconds: float) -> float:
+        """Return a random extra wait from 0 to ``seconds`` with full jitter, else 0.
+
+        Jobs held back together (by an open breaker) add it to their common
+        wait, so that they do not all come back at the same moment.
+        """
+        return random.uniform(0, max(seconds, 0.0)) if self.jitter == "full" else 0.0

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from sluicegate.errors import ConfigurationError, InvalidArguments
 from sluicegate.message import OutgoingMessage, encode_task_call, new_id
+from sluicegate.ratelimit import Rate
 from sluicegate.retry import Backoff
 from sluicegate.store import NewJob
 
@@ -34,7 +35,9 @@ class TaskOptions:
 
     ``retries`` counts retries after the first attempt, so a job runs at
     most ``retries + 1`` times. ``retry_on`` lists the exception types worth
-    a retry; any other exception fails the job at once.
+    a retry; any other exception fails the job at once. A job deferred by
+    its ``breaker`` or ``rate_limit`` spends no attempt; one that has not
+    started ``deadline`` seconds after its enqueue fails instead of running.
     """
 
     name: str
@@ -47,6 +50,9 @@ class TaskOptions:
     retry_on: tuple[type[BaseException], ...]
     lease: float
     retention: float
+    breaker: str | None = None  # the shared breaker each attempt passes
+    rate_limit: Rate | None = None  # attempts per period, across every worker
+    deadline: float | None = None  # seconds after enqueue by which an attempt must start
 
     @property
     def max_attempts(self) -> int:

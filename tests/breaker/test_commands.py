@@ -17,6 +17,12 @@ import sluicegate
 
 app = sluicegate.App("sqlite:///{db}")
 smtp = app.breaker("smtp", reset_timeout=10)
+app.retry_budget("mail", ratio=0.1, window=60, min_retries=5)
+
+
+@app.task(queue="mail", rate_limit="20/s", breaker="smtp")
+def send(to):
+    return to
 """
 
 
@@ -67,3 +73,21 @@ def test_force_open_rejects_zero(app_dir: Path) -> None:
     code, output = run("breakers", "force-open", "breaker_app:app", "smtp", "--for", "0")
     assert code == 2
     assert "--for" in output
+
+
+def test_lists_rate_limits_and_retry_budgets(app_dir: Path) -> None:
+    from breaker_app import app  # type: ignore[import-not-found]
+
+    budget = app.retry_budget("mail")
+    budget.note_first_attempt(30)
+    budget.admit_retry(0.0)
+
+    code, output = run("breakers", "breaker_app:app")
+
+    assert code == 0, output
+    assert "task:breaker_app.send" in output
+    assert "20/s" in output
+    budget_row = next(line for line in output.splitlines() if "mail" in line)
+    assert "10%" in budget_row
+    assert "60s" in budget_row
+    assert " 30 " in budget_row

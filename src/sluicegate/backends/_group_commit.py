@@ -11,8 +11,8 @@ transaction and commits once. A call that raises (``QueueFull``, a bad
 idempotency key) rolls back to its savepoint and gets its own exception;
 the others are committed. If the commit itself fails, every call of the
 batch gets that exception, since none of them is durable. Callers that
-arrived while the leader worked wait; when the leader finishes, the first of
-them leads the next batch, so no thread does the work of others for ever.
+arrive while the leader works wait for it. When it finishes, the first of
+them leads the next batch, so no thread keeps doing the work of others.
 
 A lone caller leads a batch of one at once and pays for two uncontended
 lock acquisitions; nothing waits for company.
@@ -28,7 +28,7 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-#: Most calls committed in one transaction.
+#: Maximum calls committed in one transaction.
 MAX_BATCH = 256
 
 #: ``work(conn, now)`` returns its result and whether it made a message ready now.

@@ -10,8 +10,13 @@ import datetime as dt
 
 import click
 
+from sluicegate.app import App
 from sluicegate.breaker import breaker_of, known_breakers
 from sluicegate.cli._common import import_app, user_errors
+from sluicegate.ratelimit import RateLimiter
+from sluicegate.retry_budget import KEY_PREFIX as BUDGET_PREFIX
+from sluicegate.retry_budget import RetryBudget
+from sluicegate.worker.guards import rate_limiter_of
 
 
 class _ListByDefault(click.Group):
@@ -50,7 +55,27 @@ def list_breakers(app_spec: str) -> None:
             _format_time(snapshot.opened_at),
             _format_time(snapshot.next_probe_at),
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    limits = Table("rate limit", "rate", "burst", "tokens now")
+    for limiter in known_rate_limits(app):
+        bucket = limiter.state()
+        limits.add_row(bucket.name, str(bucket.rate), str(bucket.burst), f"{bucket.tokens:.1f}")
+    if limits.row_count:
+        console.print(limits)
+    budgets = Table("retry budget", "ratio", "window", "first attempts", "retries", "allowance")
+    for budget in known_retry_budgets(app):
+        counts = budget.state()
+        budgets.add_row(
+            counts.queue,
+            f"{counts.ratio:.0%}",
+            f"{counts.window:g}s",
+            str(counts.first_attempts),
+            str(counts.retries),
+            f"{counts.allowance}{' (spent)' if counts.exhausted else ''}",
+        )
+    if budgets.row_count:
+        console.print(budgets)
 
 
 @breakers.command("reset")
@@ -81,6 +106,21 @@ def force_open(app_spec: str, name: str, duration: float | None) -> None:
     breaker = breaker_of(app, name)
     breaker.force_open(duration)
     click.echo(f"breaker {name} open until {_format_time(breaker.state().next_probe_at)} UTC")
+
+
+def known_rate_limits(app: App) -> list[RateLimiter]:
+    """Return the rate limits of the app's tasks, ordered by task name."""
+    # NOTE: a bucket in the store that no task of this app declares is not listed,
+    # since only the processes that declare it know its rate.
+    tasks = sorted(app.tasks.values(), key=lambda task: task.name)
+    return [limiter for task in tasks if (limiter := rate_limiter_of(task)) is not None]
+
+
+def known_retry_budgets(app: App) -> list[RetryBudget]:
+    """Return the retry budgets with counts in the store, and those of the app's queues."""
+    stored = {key.removeprefix(BUDGET_PREFIX) for key in app.backend.keys(BUDGET_PREFIX)}
+    queues = sorted(stored | {task.options.queue for task in app.tasks.values()})
+    return [budget for queue in queues if (budget := app.retry_budget(queue)) is not None]
 
 
 def _format_time(timestamp: float | None) -> str:

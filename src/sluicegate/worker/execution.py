@@ -25,7 +25,8 @@ class RunOutcome:
     ``"error"`` (``error`` describes it; ``retryable`` whether the task's
     ``retry_on`` allows a retry; ``retry_delay`` a delay the task asked for
     with ``Retry``) or ``"cancelled"``. ``cancel_seen`` is true when the
-    task read ``job_context().cancelled`` as true.
+    task read ``job_context().cancelled`` as true. ``breaker_failure`` is
+    True when the error counts as a failure of the task's breaker, else None.
     """
 
     kind: str
@@ -34,6 +35,7 @@ class RunOutcome:
     retryable: bool = False
     retry_delay: float | None = None
     cancel_seen: bool = False
+    breaker_failure: bool | None = None
 
 
 def run_sync(
@@ -92,10 +94,28 @@ def encode_result(value: Any, context: JobContext, max_size: int) -> RunOutcome:
 def classify_error(task: Task[Any, Any], exc: BaseException, context: JobContext) -> RunOutcome:
     """Turn an exception raised by a task into an outcome, deciding if it is retryable."""
     error = describe_error(exc)
+    failure = breaker_failure(task, type(exc))
     if isinstance(exc, Retry):
-        return RunOutcome("error", error=error, retryable=True, retry_delay=exc.delay)
+        return RunOutcome(
+            "error", error=error, retryable=True, retry_delay=exc.delay, breaker_failure=failure
+        )
     retryable = not isinstance(exc, Fail) and isinstance(exc, task.options.retry_on)
-    return RunOutcome("error", error=error, retryable=retryable, cancel_seen=context._cancel_seen)
+    return RunOutcome(
+        "error",
+        error=error,
+        retryable=retryable,
+        cancel_seen=context._cancel_seen,
+        breaker_failure=failure,
+    )
+
+
+def breaker_failure(task: Task[Any, Any], kind: type[BaseException]) -> bool | None:
+    """Return True if an exception of ``kind`` counts against the task's breaker, else None."""
+    name = task.options.breaker
+    if name is None:
+        return None
+    breaker = task.app.breakers.get(name) or task.app.breaker(name)
+    return True if issubclass(kind, breaker.failure_types) else None
 
 
 def describe_error(exc: BaseException) -> ErrorInfo:
@@ -117,4 +137,5 @@ def timeout_outcome(task: Task[Any, Any], timeout: float, how: str) -> RunOutcom
     message = f"task {task.name} exceeded its timeout of {timeout:g}s; {how}"
     error = ErrorInfo("sluicegate.errors.TaskTimeout", message)
     retryable = issubclass(TaskTimeout, task.options.retry_on)
-    return RunOutcome("error", error=error, retryable=retryable)
+    failure = breaker_failure(task, TaskTimeout)
+    return RunOutcome("error", error=error, retryable=retryable, breaker_failure=failure)

@@ -39,6 +39,9 @@ class WorkerMetrics:
             "dead_lettered": counter("dead_lettered", "Jobs moved to the dead-letter queue."),
             "cancelled": counter("cancelled", "Jobs cancelled while this worker held them."),
         }
+        self.deferred = counter(
+            "deferred", "Jobs given back unrun by an open breaker or a busy rate limit."
+        )
         self.queue_wait = Histogram(
             "sluicegate_job_queue_wait_seconds",
             "Seconds from enqueue to the start of an attempt.",
@@ -64,6 +67,9 @@ class WorkerMetrics:
     def job_settled(self, task: str, settlement: Settlement, run_seconds: float) -> None:
         """Count the outcome that ``settlement`` records and observe the run time."""
         queue = settlement.delivery.queue
+        if settlement.action is Action.DEFER:
+            self.deferred.labels(queue, task).inc()
+            return
         self.run_time.labels(queue, task).observe(run_seconds)
         state = settlement.job.state if settlement.job is not None else None
         if settlement.action is Action.DEAD:

@@ -18,23 +18,28 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sluicegate.backends.base import Backend
+from sluicegate.breaker_state import Ticket
 from sluicegate.broker import Action, Settlement
 from sluicegate.context import JobContext
+from sluicegate.documents import iso
 from sluicegate.errors import DecodeError, StoreUnavailable, UnknownTask
 from sluicegate.message import Delivery, TaskCall, decode_task_call
 from sluicegate.store import ErrorInfo, JobState, JobUpdate
 from sluicegate.task import Task
 from sluicegate.webhooks import enqueue_delivery
+from sluicegate.worker.budgets import RetryBudgets
 from sluicegate.worker.execution import RunOutcome, run_async, run_sync, timeout_outcome
+from sluicegate.worker.guards import Deferral, TaskGuard, guard_for
 from sluicegate.worker.lease import Heartbeat
 from sluicegate.worker.metrics import WorkerMetrics
 from sluicegate.worker.pools import ChildDied, ProcessPool
 from sluicegate.worker.shutdown import Shutdown
+from sluicegate.worker.threads import LoopThreadPool
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +51,18 @@ MAX_IDLE_WAIT = 2.0
 #: Maximum wait, in seconds, for more finished jobs to settle in the same commit.
 COALESCE_WINDOW = 0.002
 
+#: Seconds an idle worker waits for a wake-up before it queries the backend for the
+#: due time of the next delayed message or lease expiry.
+IDLE_GRACE = 0.005
+
 #: Maximum pause, in seconds, between two attempts to reach an unavailable backend.
 OUTAGE_BACKOFF_CAP = 30.0
 
 #: Seconds between two purges of expired job records.
 PURGE_INTERVAL = 60.0
+
+#: Deferral, in seconds, of a job whose breaker or rate limit could not be read.
+GUARD_OUTAGE_DELAY = 1.0
 
 
 @dataclass(eq=False)
@@ -64,6 +76,9 @@ class Running:
     handle: asyncio.Future[Any] | None = None
     started: float = field(default_factory=time.monotonic)
     callback_url: str | None = None
+    guard: TaskGuard | None = None
+    ticket: Ticket | None = None  # the breaker's admission, settled with the outcome
+    finishing: bool = False  # the breaker is counting the outcome; the slot is still taken
 
 
 class Worker:
@@ -113,8 +128,12 @@ class Worker:
         self._stragglers = 0  # thread calls past their timeout that still occupy a thread
         self._outages = 0  # consecutive exchanges that failed with StoreUnavailable
         self._wake: asyncio.Event | None = None
-        self._io = ThreadPoolExecutor(1, thread_name_prefix="sluicegate-io")
-        self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="sluicegate-task")
+        self._io = LoopThreadPool(1, "sluicegate-io")
+        self._threads = LoopThreadPool(self.concurrency, "sluicegate-task")
+        # Breaker and rate-limit calls block on the store; they get threads of their own.
+        self._guard_io = ThreadPoolExecutor(4, thread_name_prefix="sluicegate-guard")
+        self._guards: dict[str, TaskGuard | None] = {}
+        self.budgets = RetryBudgets(app)
         self._process_pool: ProcessPool | None = None
         self.backend: Backend  # opened in serve(), with worker durability
 
@@ -161,7 +180,10 @@ class Worker:
     async def _close(self) -> None:
         if self._process_pool is not None:
             await self._call(self._process_pool.close)
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        self._threads.shutdown(cancel_queued=True)
+        self._guard_io.shutdown(wait=True)
+        with contextlib.suppress(StoreUnavailable):
+            await self._call(self.budgets.flush)
         await self._call(self.backend.close)
         self._io.shutdown(wait=True)
 
@@ -180,12 +202,13 @@ class Worker:
                 await self._coalesce()
                 settlements, self._pending = self._pending, []
                 free = self.concurrency - len(self.running) - self._stragglers
+            limit = max(free, 0)
             try:
                 settled, deliveries = await self._call(
-                    self.backend.exchange,
+                    self._exchange,
                     settlements,
                     self.queues,
-                    max(free, 0),
+                    limit,
                     self.lease,
                     self.name,
                 )
@@ -203,8 +226,22 @@ class Worker:
                 last_purge = time.monotonic()
                 with contextlib.suppress(StoreUnavailable):
                     await self._call(self.backend.purge_expired)
-            if not deliveries and not self._pending:
-                await self._sleep(await self._idle_wait())
+            # A reserve that filled fewer slots than it requested found every queue empty,
+            # so reserving again before a wake-up would only delay the next settlement.
+            if len(deliveries) < limit and not self._pending:
+                await self._idle()
+
+    def _exchange(
+        self,
+        settlements: list[Settlement],
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        worker: str,
+    ) -> tuple[list[bool], list[Delivery]]:
+        """Apply the retry budgets to ``settlements`` and exchange them (on the I/O thread)."""
+        settlements[:] = self.budgets.apply(settlements)
+        return self.backend.exchange(settlements, queues, limit, lease, worker)
 
     async def _wait_out_outage(self, error: StoreUnavailable) -> None:
         self._outages += 1
@@ -235,6 +272,17 @@ class Worker:
                 break
             await self._sleep(remaining)
 
+    async def _idle(self) -> None:
+        """Sleep until a wake-up, a finished job, or the next delayed message or lease expiry.
+
+        Most idle spells of a busy worker end within milliseconds, so the
+        worker queries the backend for the next due time only after
+        ``IDLE_GRACE`` passes without a wake-up. That keeps the query off the
+        I/O thread while a job that just finished, or a new message, waits for it.
+        """
+        if not await self._sleep(IDLE_GRACE):
+            await self._sleep(max(await self._idle_wait() - IDLE_GRACE, 0.0))
+
     async def _idle_wait(self) -> float:
         try:
             due = await self._call(self.backend.next_due)
@@ -244,12 +292,15 @@ class Worker:
             return MAX_IDLE_WAIT
         return min(max(due - time.time(), 0.001), MAX_IDLE_WAIT)
 
-    async def _sleep(self, timeout: float) -> None:
+    async def _sleep(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a poke, and return whether one came."""
         assert self._wake is not None
         if not self._wake.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+        woken = self._wake.is_set()
         self._wake.clear()
+        return woken
 
     def _poke(self) -> None:
         if self._wake is not None:
@@ -260,7 +311,7 @@ class Worker:
         self._poke()
 
     async def _call(self, function: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._io, function, *args)
+        return await self._io.submit(function, *args)
 
     # -- one job
 
@@ -281,7 +332,54 @@ class Worker:
         if delivery.delivery_count > max_attempts:
             self._exhausted_by_redelivery(entry)
             return
+        deadline = self._deadline(entry)
+        if deadline is not None and time.time() > deadline:
+            self._miss_deadline(entry, "it had not started by then")
+            return
         entry.context = self._context(task, call, delivery)
+        guard = self._guard(task)
+        if guard is None:
+            self._run(entry, task, call)
+        else:
+            entry.handle = asyncio.ensure_future(self._admit(entry, task, call, guard))
+
+    def _guard(self, task: Task[Any, Any]) -> TaskGuard | None:
+        if task.name not in self._guards:
+            self._guards[task.name] = guard_for(task)
+        return self._guards[task.name]
+
+    async def _admit(
+        self, entry: Running, task: Task[Any, Any], call: TaskCall, guard: TaskGuard
+    ) -> None:
+        """Pass the task's breaker and rate limit, then run the attempt or defer the job."""
+        loop = asyncio.get_running_loop()
+        try:
+            verdict = await loop.run_in_executor(self._guard_io, guard.admit)
+        except StoreUnavailable as exc:
+            logger.warning(
+                "breaker or rate limit unreadable, job deferred job_id=%s task=%s error=%s",
+                call.job_id,
+                task.name,
+                exc,
+            )
+            verdict = Deferral(GUARD_OUTAGE_DELAY, f"deferred: its guard is unreadable ({exc})")
+        if isinstance(verdict, Deferral):
+            if self.running.get(entry.delivery.message_id) is entry:
+                self._defer(entry, verdict)
+            return
+        entry.guard, entry.ticket = guard, verdict.ticket
+        if verdict.wait > 0:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(verdict.wait)  # its reserved rate-limit slot
+        if self.running.get(entry.delivery.message_id) is not entry:
+            self._settle_guard(entry, None)  # Given back at shutdown meanwhile.
+            return
+        self._run(entry, task, call)
+
+    def _run(self, entry: Running, task: Task[Any, Any], call: TaskCall) -> None:
+        delivery = entry.delivery
+        if delivery.delivery_count == 1:
+            self.budgets.note_first_attempt(delivery.queue)
         logger.info(
             "job started job_id=%s task=%s queue=%s attempt=%d",
             call.job_id,
@@ -296,16 +394,98 @@ class Worker:
         else:
             entry.handle = asyncio.ensure_future(self._execute(entry, task, call))
 
+    def _deadline(self, entry: Running) -> float | None:
+        assert entry.task is not None
+        deadline = entry.task.options.deadline
+        return None if deadline is None else entry.delivery.enqueued_at + deadline
+
+    def _defer(self, entry: Running, deferral: Deferral) -> None:
+        """Give the job back to its queue for ``deferral.delay`` seconds, spending no attempt."""
+        assert entry.task is not None
+        until = time.time() + deferral.delay
+        deadline = self._deadline(entry)
+        if deadline is not None and until > deadline:
+            self._miss_deadline(entry, f"it was {deferral.reason} until {iso(until)}")
+            return
+        del self.running[entry.delivery.message_id]
+        logger.info(
+            "job deferred job_id=%s task=%s reason=%s delay_s=%.3f",
+            entry.delivery.message_id,
+            entry.task.name,
+            deferral.reason,
+            deferral.delay,
+        )
+        note = f"{deferral.reason} until {iso(until)}"
+        update = JobUpdate(
+            JobState.SCHEDULED,
+            note=note,
+            retention=entry.task.options.retention,
+            count_attempt=False,
+        )
+        settlement = Settlement(entry.delivery, Action.DEFER, update, delay=deferral.delay)
+        if self.metrics is not None:
+            self.metrics.job_settled(entry.task.name, settlement, 0.0)
+        self._pending.append(settlement)
+        self._poke()
+
+    def _miss_deadline(self, entry: Running, why: str) -> None:
+        """Fail a job that cannot start before its deadline, without running it."""
+        assert entry.task is not None
+        deadline = entry.task.options.deadline
+        reason = (
+            f"deadline of {deadline:g}s after enqueue ({iso(self._deadline(entry) or 0.0)}) "
+            f"passed before the job started: {why}"
+        )
+        self.running.pop(entry.delivery.message_id, None)
+        logger.warning(
+            "job failed, deadline passed job_id=%s task=%s reason=%s",
+            entry.delivery.message_id,
+            entry.task.name,
+            reason,
+        )
+        error = ErrorInfo("sluicegate.errors.DeadlineExceeded", reason)
+        update = JobUpdate(
+            JobState.FAILED,
+            error=error,
+            note=reason,
+            retention=entry.task.options.retention,
+            count_attempt=False,
+        )
+        self._pending.append(Settlement(entry.delivery, Action.ACK, update))
+        self._poke()
+
+    def _settle_guard(self, entry: Running, failure: bool | None) -> Future[None]:
+        """Hand the breaker its ticket back with the attempt's outcome, off the loop."""
+        guard, ticket = entry.guard, entry.ticket
+        entry.ticket = None
+        if guard is None or ticket is None:
+            done: Future[None] = Future()
+            done.set_result(None)
+            return done
+
+        def settle() -> None:
+            try:
+                guard.settle(ticket, failure)
+            except Exception:
+                logger.exception(
+                    "breaker outcome not recorded job_id=%s breaker=%s",
+                    entry.delivery.message_id,
+                    guard.breaker.name if guard.breaker is not None else None,
+                )
+
+        return self._guard_io.submit(settle)
+
     def _start_thread(self, entry: Running, task: Task[Any, Any], call: TaskCall) -> None:
         """Run a sync task on the thread pool, with callbacks rather than a coroutine.
 
         Most jobs of a busy worker are short sync calls, and a future with a
-        done callback costs a fraction of an asyncio task per job.
+        done callback costs a fraction of an asyncio task per job. The pool
+        resolves the future on the loop, so ``done`` runs there.
         """
         assert entry.context is not None
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            self._threads, run_sync, task, call, entry.context, self.app.max_message_size
+        future = self._threads.submit(
+            run_sync, task, call, entry.context, self.app.max_message_size
         )
         entry.handle = future
         timeout = task.options.timeout
@@ -408,8 +588,24 @@ class Worker:
     # -- settling
 
     def _finish(self, entry: Running, outcome: RunOutcome) -> None:
-        if self.running.get(entry.delivery.message_id) is not entry:
+        if self.running.get(entry.delivery.message_id) is not entry or entry.finishing:
             return  # Given back at shutdown, or failed at its timeout already.
+        if entry.ticket is not None:
+            # The breaker counts the outcome before the slot frees, so that no later
+            # call is admitted on counts that miss this one.
+            entry.finishing = True
+            failure = outcome.breaker_failure if outcome.kind == "error" else None
+            future = self._settle_guard(entry, False if outcome.kind == "ok" else failure)
+            loop = asyncio.get_running_loop()
+            future.add_done_callback(
+                lambda _: loop.call_soon_threadsafe(self._finish_counted, entry, outcome)
+            )
+            return
+        self._finish_counted(entry, outcome)
+
+    def _finish_counted(self, entry: Running, outcome: RunOutcome) -> None:
+        if self.running.get(entry.delivery.message_id) is not entry:
+            return  # Given back at shutdown while the breaker counted it.
         del self.running[entry.delivery.message_id]
         assert entry.task is not None
         settlement = self._settlement(entry, entry.task, outcome)
@@ -568,6 +764,7 @@ class Worker:
         if self.running.get(entry.delivery.message_id) is not entry:
             return
         del self.running[entry.delivery.message_id]
+        self._settle_guard(entry, None)
         logger.warning(
             "job given back at shutdown job_id=%s attempt=%d",
             entry.delivery.message_id,
@@ -581,5 +778,6 @@ class Worker:
     async def _flush(self) -> None:
         settlements, self._pending = self._pending, []
         if settlements:
+            settlements = await self._call(self.budgets.apply, settlements)
             settled = await self._call(self.backend.settle, settlements)
             self._after_settle(settlements, settled)
