@@ -279,7 +279,7 @@ class Breaker:
 
     def reset(self) -> None:
         """Close the breaker and forget its call counts, in every process."""
-        self._update(lambda state: (close_breaker(state, state.generation + 1), None))
+        self._update(lambda state: (close_breaker(state, state.generation + 1), None), True)
 
     def force_open(self, duration: float | None = None) -> None:
         """Open the breaker now for ``duration`` seconds (default: the reset timeout).
@@ -298,27 +298,36 @@ class Breaker:
                 f"got {duration!r}"
             )
         now = self._clock()
-        self._update(lambda state: (open_breaker(state, now, float(duration)), None))
+        self._update(lambda state: (open_breaker(state, now, float(duration)), None), True)
 
     # -- the store
 
-    def _read(self) -> tuple[bytes | None, BreakerState]:
+    def _read(self, replace_invalid: bool = False) -> tuple[bytes | None, BreakerState]:
+        """Return the stored bytes and the state; with ``replace_invalid`` an unreadable
+        state reads as a new closed one, so that reset and force-open can overwrite it."""
         raw = self._get_store().get_value(self.key)
         if raw is None:
             return None, BreakerState()
         try:
             return raw, BreakerState.decode(raw)
         except (ValueError, KeyError, TypeError) as exc:
+            if replace_invalid:
+                logger.warning(
+                    "breaker state unreadable, replacing it name=%s error=%s", self.name, exc
+                )
+                return raw, BreakerState()
             raise StoreUnavailable(
                 f"breaker {self.name!r}: cannot read the state under {self.key!r} ({exc}); "
                 f"run `sluicegate breakers reset` to replace it"
             ) from exc
 
-    def _update(self, step: Callable[[BreakerState], tuple[BreakerState, T]]) -> T:
+    def _update(
+        self, step: Callable[[BreakerState], tuple[BreakerState, T]], replace_invalid: bool = False
+    ) -> T:
         """Apply ``step`` to the stored state atomically, retrying when another process wins."""
         store = self._get_store()
         for _ in range(MAX_UPDATE_ATTEMPTS):
-            raw, state = self._read()
+            raw, state = self._read(replace_invalid)
             new_state, result = step(state)
             if new_state == state or store.compare_and_set(self.key, raw, new_state.encode()):
                 self._log_transition(state, new_state)
@@ -364,9 +373,10 @@ class Breaker:
 
 
 def known_breakers(app: App) -> list[Breaker]:
-    """Return the breakers declared on ``app`` and those with a state in its store, by name."""
+    """Return the breakers that ``app`` declares or its tasks name, and those with a
+    state in its store, by name."""
     stored = [key.removeprefix(KEY_PREFIX) for key in app.backend.keys(KEY_PREFIX)]
-    names = sorted(set(app.breakers) | set(stored))
+    names = sorted(set(app.breakers) | set(stored) | _task_breakers(app))
     return [breaker_of(app, name) for name in names]
 
 
@@ -381,7 +391,16 @@ def breaker_of(app: App, name: str) -> Breaker:
 
 def is_known_breaker(app: App, name: str) -> bool:
     """Return whether ``app`` declares breaker ``name`` or its store has a state for it."""
-    return name in app.breakers or app.backend.get_value(KEY_PREFIX + name) is not None
+    return (
+        name in app.breakers
+        or name in _task_breakers(app)
+        or app.backend.get_value(KEY_PREFIX + name) is not None
+    )
+
+
+def _task_breakers(app: App) -> set[str]:
+    """Return the breaker names that the app's tasks pass to ``breaker=``."""
+    return {task.options.breaker for task in app.tasks.values() if task.options.breaker}
 
 
 def _admission_step(

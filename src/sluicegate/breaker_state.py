@@ -148,15 +148,20 @@ class BreakerState:
             raise ValueError(
                 f"breaker state has version {version!r}; this sluicegate reads {STATE_VERSION}"
             )
+        phase = Phase(data["phase"])
+        retry_at = _optional_number(data, "retry_at", MAX_TIME)
+        reset_timeout = _optional_number(data, "reset_timeout", MAX_DURATION)
+        if phase is not Phase.CLOSED and (retry_at is None or reset_timeout is None):
+            raise ValueError(f"an {phase.value} breaker state needs retry_at and reset_timeout")
         return cls(
-            phase=Phase(data["phase"]),
+            phase=phase,
             buckets=tuple((int(i), int(s), int(f)) for i, s, f in data["buckets"]),
             consecutive_failures=int(data["consecutive_failures"]),
             generation=int(data["generation"]),
-            opened_at=data["opened_at"],
-            retry_at=data["retry_at"],
-            reset_timeout=data["reset_timeout"],
-            half_open_since=data["half_open_since"],
+            opened_at=_optional_number(data, "opened_at", MAX_TIME),
+            retry_at=retry_at,
+            reset_timeout=reset_timeout,
+            half_open_since=_optional_number(data, "half_open_since", MAX_TIME),
             probes_admitted=int(data["probes_admitted"]),
             probe_successes=int(data["probe_successes"]),
             opened_count=int(data.get("opened_count", 0)),
@@ -411,3 +416,21 @@ def _is_number(value: object) -> bool:
 
 def _is_positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+#: Latest Unix time a stored breaker state may hold (the year 2286); later is corruption.
+MAX_TIME = 1e10
+
+
+def _optional_number(data: dict[str, object], field: str, limit: float) -> float | None:
+    """Return ``data[field]`` as a float from 0 to ``limit``, or None; raise ``ValueError``."""
+    value = data[field]
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= limit  # Also false for NaN.
+    ):
+        raise ValueError(f"{field} must be a number from 0 to {limit:g} or null, got {value!r}")
+    return float(value)

@@ -287,7 +287,7 @@ class RateLimiter:
         """Run :meth:`try_acquire` in a thread, so the event loop is never blocked."""
         return await asyncio.to_thread(self.try_acquire)
 
-    def reserve(self, max_wait: float) -> tuple[bool, float]:
+    def reserve(self, max_wait: float, take_turn: bool = False) -> tuple[bool, float]:
         """Take the next token if it is due within ``max_wait`` seconds.
 
         Returns ``(True, wait)`` when the token is taken: the caller may act
@@ -295,6 +295,11 @@ class RateLimiter:
         that is not free yet leaves the bucket in debt until then. Returns
         ``(False, wait)`` when nothing was taken: in ``wait`` seconds (at least
         ``MIN_WAIT``) the next token will be due within ``max_wait``.
+
+        With ``take_turn``, a caller turned away is given a turn instead: the
+        first one the moment above, each later one a token interval after the
+        previous turn, so a backlog of callers that come back at their turns
+        arrives at the rate. That writes the store on every call.
         ``reserve(0.0)`` is :meth:`try_acquire`. Raises ``ValueError`` for a
         negative or non-finite ``max_wait``, and ``StoreUnavailable`` when
         the update keeps losing to other processes.
@@ -309,7 +314,7 @@ class RateLimiter:
         return update_value(
             resolve_store(self._store),
             self.key,
-            lambda raw: self._take(raw, now, float(max_wait)),
+            lambda raw: self._take(raw, now, float(max_wait), take_turn),
             repr(self),
         )
 
@@ -327,23 +332,45 @@ class RateLimiter:
         return RateLimitSnapshot(self.name, tokens, self.rate, self.burst, stored[1])
 
     def _take(
-        self, raw: bytes | None, now: float, max_wait: float
+        self, raw: bytes | None, now: float, max_wait: float, take_turn: bool = False
     ) -> tuple[bytes | None, tuple[bool, float]]:
         stored = self._decode(raw)
+        deferred_until = self._deferred_until(raw, now)
         if stored is None:
             tokens, updated_at = float(self.burst), now
         else:
             tokens, updated_at = self._refill(stored, now)
+        new_state: dict[str, float | int] = {"version": STATE_VERSION, "updated_at": updated_at}
+        if deferred_until > now:
+            new_state["deferred_until"] = deferred_until
         if tokens >= 1 - TIME_TOLERANCE * self.rate.per_second:
             wait = 0.0
         else:
             # The bucket refills from ``updated_at``, which is later than
             # ``now`` when this clock is behind the last writer's.
             wait = updated_at + (1 - tokens) / self.rate.per_second - now
-            if wait > max_wait:
+            if wait > max_wait and not take_turn:
                 return raw, (False, max(MIN_WAIT, wait - max_wait))
-        new_state = {"version": STATE_VERSION, "tokens": tokens - 1, "updated_at": updated_at}
+            if wait > max_wait:
+                # Callers turned away are given turns one token apart, from the
+                # moment the next token is due within max_wait, so a backlog of
+                # them comes back at the rate instead of all at once.
+                turn = max(now + wait - max_wait, deferred_until)
+                new_state.update(tokens=tokens, deferred_until=turn + 1 / self.rate.per_second)
+                return orjson.dumps(new_state), (False, max(MIN_WAIT, turn - now))
+        new_state["tokens"] = tokens - 1
         return orjson.dumps(new_state), (True, max(0.0, wait))
+
+    def _deferred_until(self, raw: bytes | None, now: float) -> float:
+        """Return the turn after the last caller turned away, or ``now`` when there is none."""
+        if raw is None:
+            return now
+        value = orjson.loads(raw).get("deferred_until")
+        # A turn further ahead than a day's worth of tokens is not one this limiter gave.
+        horizon = now + max(MAX_PERIOD, self.rate.count * self.rate.period)
+        if not _is_finite(value) or not now < value <= horizon:
+            return now
+        return float(value)
 
     def _refill(self, stored: tuple[float, float], now: float) -> tuple[float, float]:
         """Return the tokens at ``max(now, updated_at)`` and that time.
@@ -367,6 +394,8 @@ class RateLimiter:
             tokens, updated_at = data["tokens"], data["updated_at"]
             if not all(_is_finite(value) for value in (tokens, updated_at)):
                 raise ValueError(f"invalid tokens or time in {raw[:100]!r}")
+            if tokens < -self.rate.per_second * MAX_PERIOD:
+                raise ValueError(f"a debt of more than a day's tokens in {raw[:100]!r}")
             return float(tokens), float(updated_at)
         except (ValueError, KeyError) as exc:
             raise StoreUnavailable(

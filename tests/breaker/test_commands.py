@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from sluicegate.breaker import Breaker
 from sluicegate.cli.main import cli
 
 APP_SOURCE = """
@@ -62,11 +63,23 @@ def test_force_open_then_reset(app_dir: Path) -> None:
 
 
 def test_lists_stored_undeclared_breaker(app_dir: Path) -> None:
-    code, output = run("breakers", "force-open", "breaker_app:app", "legacy")
-    assert code == 0, output
+    from breaker_app import app
+
+    Breaker("legacy", app.backend).force_open(60)
+
     code, output = run("breakers", "breaker_app:app")
+
+    assert code == 0, output
     assert "legacy" in output
     assert "smtp" in output
+
+
+def test_unknown_breaker_rejected(app_dir: Path) -> None:
+    code, output = run("breakers", "force-open", "breaker_app:app", "smpt")
+
+    assert code == 1
+    assert "breaker 'smpt' not found" in output
+    assert "known breakers: smtp" in output
 
 
 def test_force_open_rejects_zero(app_dir: Path) -> None:
@@ -91,3 +104,24 @@ def test_lists_rate_limits_and_retry_budgets(app_dir: Path) -> None:
     assert "10%" in budget_row
     assert "60s" in budget_row
     assert " 30 " in budget_row
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        b"garbage{",
+        b'{"version": 1, "phase": "open", "retry_at": null}',
+    ],
+)
+def test_reset_replaces_unreadable_state(app_dir: Path, stored: bytes) -> None:
+    from breaker_app import app
+
+    app.backend.compare_and_set("breaker:smtp", None, stored)
+
+    listed, listing = run("breakers", "breaker_app:app")
+    code, output = run("breakers", "reset", "breaker_app:app", "smtp")
+
+    assert listed == 0, listing
+    assert "unreadable" in listing
+    assert code == 0, output
+    assert app.breaker("smtp").state().state.value == "closed"

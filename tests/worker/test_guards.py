@@ -120,6 +120,7 @@ def test_deferral_past_deadline_fails(make_app: MakeApp, start_worker: StartWork
     assert record.error is not None
     assert record.error.type == "sluicegate.errors.DeadlineExceeded"
     assert "deferred by breaker downstream" in record.error.message
+    assert "past its deadline" in record.error.message
     assert record.attempts == 0
     assert module.events("call") == []
 
@@ -132,7 +133,7 @@ def test_job_started_after_deadline_fails(make_app: MakeApp, start_worker: Start
 
     assert record.state.value == "failed"
     assert record.error is not None
-    assert "had not started by then" in record.error.message
+    assert "not started before its deadline" in record.error.message
     assert module.events("call") == []
 
 

@@ -65,19 +65,35 @@ def test_no_jitter_defers_exactly(store: SQLiteBackend, clock: Clock) -> None:
 
 
 def test_rate_limit_holds_then_defers(store: SQLiteBackend, clock: Clock) -> None:
-    limiter = RateLimiter("t", parse_rate("1/s"), store, burst=1, clock=clock)
+    limiter = RateLimiter("t", parse_rate("4/s"), store, burst=1, clock=clock)
     guard = TaskGuard("t", None, limiter, Backoff())
 
     first, second, third = guard.admit(), guard.admit(), guard.admit()
 
     assert first == Admitted(None, 0.0)
-    assert isinstance(second, Admitted) and second.wait == pytest.approx(1.0)
-    # The next token is 2 s away: at most MAX_HOLD, so it is held too.
-    assert isinstance(third, Admitted) and third.wait == pytest.approx(MAX_HOLD)
+    # The next token is due in 0.25 s, within MAX_HOLD: the job is held for it.
+    assert isinstance(second, Admitted)
+    assert second.wait == pytest.approx(0.25)
+    # The one after is 0.5 s away: still within MAX_HOLD.
+    assert isinstance(third, Admitted)
+    assert third.wait == pytest.approx(MAX_HOLD)
     fourth = guard.admit()
     assert isinstance(fourth, Deferral)
-    assert fourth.reason == "deferred by rate limit 1/s"
-    assert fourth.delay > 0
+    assert fourth.reason == "deferred by rate limit 4/s"
+
+
+def test_deferred_backlog_gets_turns(store: SQLiteBackend, clock: Clock) -> None:
+    limiter = RateLimiter("t", parse_rate("4/s"), store, burst=1, clock=clock)
+    guard = TaskGuard("t", None, limiter, Backoff())
+    for _ in range(3):
+        assert isinstance(guard.admit(), Admitted)
+
+    deferrals = [guard.admit() for _ in range(5)]
+
+    delays = [d.delay for d in deferrals if isinstance(d, Deferral)]
+    assert len(delays) == 5
+    # The first comes back when its token is within MAX_HOLD, the rest a token apart.
+    assert delays == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.25])
 
 
 def test_refused_rate_limit_gives_back_the_probe(store: SQLiteBackend, clock: Clock) -> None:

@@ -11,8 +11,9 @@ import datetime as dt
 import click
 
 from sluicegate.app import App
-from sluicegate.breaker import breaker_of, known_breakers
+from sluicegate.breaker import Breaker, breaker_of, is_known_breaker, known_breakers
 from sluicegate.cli._common import import_app, user_errors
+from sluicegate.errors import StoreUnavailable
 from sluicegate.ratelimit import RateLimiter
 from sluicegate.retry_budget import KEY_PREFIX as BUDGET_PREFIX
 from sluicegate.retry_budget import RetryBudget
@@ -46,7 +47,11 @@ def list_breakers(app_spec: str) -> None:
         "breaker", "state", "failure rate", "calls", "opened at (UTC)", "next probe (UTC)"
     )
     for breaker in known_breakers(app):
-        snapshot = breaker.state()
+        try:
+            snapshot = breaker.state()
+        except StoreUnavailable as exc:
+            table.add_row(breaker.name, "unreadable", str(exc), "", "", "")
+            continue
         table.add_row(
             snapshot.name,
             snapshot.state.value,
@@ -85,7 +90,7 @@ def list_breakers(app_spec: str) -> None:
 def reset(app_spec: str, name: str) -> None:
     """Close breaker NAME and forget its counts."""
     app = import_app(app_spec)
-    breaker_of(app, name).reset()
+    _known(app, name).reset()
     click.echo(f"breaker {name} closed")
 
 
@@ -103,9 +108,20 @@ def reset(app_spec: str, name: str) -> None:
 def force_open(app_spec: str, name: str, duration: float | None) -> None:
     """Open breaker NAME now, in every process."""
     app = import_app(app_spec)
-    breaker = breaker_of(app, name)
+    breaker = _known(app, name)
     breaker.force_open(duration)
     click.echo(f"breaker {name} open until {_format_time(breaker.state().next_probe_at)} UTC")
+
+
+def _known(app: App, name: str) -> Breaker:
+    """Return breaker ``name`` if the app declares it, a task names it or it is stored."""
+    if not is_known_breaker(app, name):
+        names = ", ".join(breaker.name for breaker in known_breakers(app)) or "none"
+        raise click.ClickException(
+            f"breaker {name!r} not found: the app neither declares nor uses it and the store "
+            f"has no state for it (known breakers: {names})"
+        )
+    return breaker_of(app, name)
 
 
 def known_rate_limits(app: App) -> list[RateLimiter]:

@@ -62,7 +62,18 @@ class RetryBudgets:
             budget = self.budget(settlement.delivery.queue)
             if budget is None:
                 continue
-            delay = budget.admit_retry(settlement.delay)
+            try:
+                delay = budget.admit_retry(settlement.delay)
+            except Exception as exc:
+                # A budget that cannot be read lets the retry through at its backoff
+                # rather than stopping every retry of the queue.
+                logger.error(
+                    "retry budget check failed, retry keeps its delay job_id=%s queue=%s error=%r",
+                    settlement.delivery.message_id,
+                    settlement.delivery.queue,
+                    exc,
+                )
+                continue
             if delay <= settlement.delay:
                 continue
             queue = settlement.delivery.queue
@@ -86,4 +97,7 @@ class RetryBudgets:
         with self._lock:
             budgets = [b for b in self._budgets.values() if b is not None]
         for budget in budgets:
-            budget.flush()
+            try:
+                budget.flush()
+            except Exception as exc:
+                logger.error("retry budget counts not written queue=%s error=%r", budget.queue, exc)

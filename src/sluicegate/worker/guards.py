@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 #: Maximum wait, in seconds, for a rate-limit slot during which a worker holds the job.
 #: A job with a longer wait goes back to its queue instead.
-MAX_HOLD = 2.0
+MAX_HOLD = 0.5
 
 #: Fraction of a breaker's remaining open time added at random to each deferral (with
 #: the task's backoff jitter), so that deferred jobs do not all come back at once.
@@ -91,7 +91,7 @@ class TaskGuard:
                 return Deferral(max(delay, MIN_DEFER), f"deferred by breaker {exc.name}")
         if self.limiter is None:
             return Admitted(ticket)
-        granted, wait = self.limiter.reserve(MAX_HOLD)
+        granted, wait = self.limiter.reserve(MAX_HOLD, take_turn=True)
         if granted:
             return Admitted(ticket, wait)
         if ticket is not None and self.breaker is not None:
@@ -118,6 +118,14 @@ def guard_for(task: Task[Any, Any]) -> TaskGuard | None:
     app = task.app
     breaker = None
     if options.breaker is not None:
+        if options.breaker not in app.breakers:
+            logger.warning(
+                "task names a breaker the app does not declare, so it has the default "
+                "options task=%s breaker=%s declared=%s",
+                task.name,
+                options.breaker,
+                ",".join(sorted(app.breakers)) or "-",
+            )
         breaker = app.breakers.get(options.breaker) or app.breaker(options.breaker)
     return TaskGuard(task.name, breaker, rate_limiter_of(task), options.backoff)
 

@@ -64,6 +64,10 @@ PURGE_INTERVAL = 60.0
 #: Deferral, in seconds, of a job whose breaker or rate limit could not be read.
 GUARD_OUTAGE_DELAY = 1.0
 
+#: Bounds, in seconds, of one deferral; a job deferred longer is checked again then.
+MIN_DEFERRAL = 0.01
+MAX_DEFERRAL = 24 * 3600.0
+
 
 @dataclass(eq=False)
 class Running:
@@ -334,7 +338,7 @@ class Worker:
             return
         deadline = self._deadline(entry)
         if deadline is not None and time.time() > deadline:
-            self._miss_deadline(entry, "it had not started by then")
+            self._miss_deadline(entry, "not started before its deadline")
             return
         entry.context = self._context(task, call, delivery)
         guard = self._guard(task)
@@ -355,14 +359,18 @@ class Worker:
         loop = asyncio.get_running_loop()
         try:
             verdict = await loop.run_in_executor(self._guard_io, guard.admit)
-        except StoreUnavailable as exc:
-            logger.warning(
-                "breaker or rate limit unreadable, job deferred job_id=%s task=%s error=%s",
+        except Exception as exc:
+            # An unreadable or invalid stored state must not hold the worker's slot.
+            logger.log(
+                logging.WARNING if isinstance(exc, StoreUnavailable) else logging.ERROR,
+                "breaker or rate limit check failed, job deferred job_id=%s task=%s error=%r",
                 call.job_id,
                 task.name,
                 exc,
+                exc_info=not isinstance(exc, StoreUnavailable),
             )
-            verdict = Deferral(GUARD_OUTAGE_DELAY, f"deferred: its guard is unreadable ({exc})")
+            reason = f"deferred: its breaker or rate limit could not be checked ({exc})"
+            verdict = Deferral(GUARD_OUTAGE_DELAY, reason[:500])
         if isinstance(verdict, Deferral):
             if self.running.get(entry.delivery.message_id) is entry:
                 self._defer(entry, verdict)
@@ -402,10 +410,13 @@ class Worker:
     def _defer(self, entry: Running, deferral: Deferral) -> None:
         """Give the job back to its queue for ``deferral.delay`` seconds, spending no attempt."""
         assert entry.task is not None
-        until = time.time() + deferral.delay
+        delay = deferral.delay
+        if not MIN_DEFERRAL <= delay <= MAX_DEFERRAL:  # Also false for NaN.
+            delay = MAX_DEFERRAL if delay > MAX_DEFERRAL else MIN_DEFERRAL
+        until = time.time() + delay
         deadline = self._deadline(entry)
         if deadline is not None and until > deadline:
-            self._miss_deadline(entry, f"it was {deferral.reason} until {iso(until)}")
+            self._miss_deadline(entry, f"{deferral.reason} until {iso(until)}, past its deadline")
             return
         del self.running[entry.delivery.message_id]
         logger.info(
@@ -413,7 +424,7 @@ class Worker:
             entry.delivery.message_id,
             entry.task.name,
             deferral.reason,
-            deferral.delay,
+            delay,
         )
         note = f"{deferral.reason} until {iso(until)}"
         update = JobUpdate(
@@ -422,7 +433,7 @@ class Worker:
             retention=entry.task.options.retention,
             count_attempt=False,
         )
-        settlement = Settlement(entry.delivery, Action.DEFER, update, delay=deferral.delay)
+        settlement = Settlement(entry.delivery, Action.DEFER, update, delay=delay)
         if self.metrics is not None:
             self.metrics.job_settled(entry.task.name, settlement, 0.0)
         self._pending.append(settlement)
@@ -432,13 +443,10 @@ class Worker:
         """Fail a job that cannot start before its deadline, without running it."""
         assert entry.task is not None
         deadline = entry.task.options.deadline
-        reason = (
-            f"deadline of {deadline:g}s after enqueue ({iso(self._deadline(entry) or 0.0)}) "
-            f"passed before the job started: {why}"
-        )
+        reason = f"{why}; deadline {iso(self._deadline(entry))} ({deadline:g}s after enqueue)"
         self.running.pop(entry.delivery.message_id, None)
         logger.warning(
-            "job failed, deadline passed job_id=%s task=%s reason=%s",
+            "job failed, it cannot start before its deadline job_id=%s task=%s reason=%s",
             entry.delivery.message_id,
             entry.task.name,
             reason,
