@@ -2,7 +2,10 @@
 
 Every route is under ``/v1`` except ``/healthz``, ``/readyz`` and
 ``/metrics``. Handlers that touch the store are plain functions, which
-FastAPI runs on its thread pool, because every backend call blocks.
+FastAPI runs on its thread pool, because every backend call blocks. The
+busiest route, ``POST /v1/queues/{queue}/jobs``, is the exception: a
+:class:`~sluicegate.http.routes.JsonBodyRoute` parses its body on the event
+loop and runs its blocking part on a dedicated executor, in one hop.
 
 Status codes: 202 for a created job (with a ``Location`` header), and 200
 for a replayed idempotency key and for reads. 401 and 403 are for
@@ -24,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
@@ -48,8 +53,9 @@ from sluicegate.errors import (
 )
 from sluicegate.http import schemas, sse
 from sluicegate.http.auth import AuthenticatedRoute, Scope, requirement
-from sluicegate.http.limits import BodyReadTimeout, BodySizeLimit
+from sluicegate.http.limits import BodyLimits
 from sluicegate.http.metrics import ApiMetrics
+from sluicegate.http.routes import JsonBodyRoute
 from sluicegate.http.schemas import (
     BreakerBody,
     CountBody,
@@ -62,7 +68,7 @@ from sluicegate.http.schemas import (
     QueueBody,
     QueueFullBody,
 )
-from sluicegate.store import NewJob
+from sluicegate.store import JobRecord, NewJob
 from sluicegate.webhooks import WebhookPolicy
 
 logger = logging.getLogger(__name__)
@@ -76,6 +82,12 @@ STORE_RETRY_AFTER = 1
 
 #: Seconds a client has to send a request body after its headers arrive.
 DEFAULT_BODY_TIMEOUT = 30.0
+
+#: Threads that run ``POST /v1/queues/{queue}/jobs``. The SQLite backend commits the
+#: enqueues of all threads waiting at once in one transaction and one fsync (group
+#: commit), so up to this many requests share a commit. Further requests wait in the
+#: executor's queue for a thread.
+ENQUEUE_THREADS = 16
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": DetailBody, "description": "Missing or invalid bearer token."},
@@ -108,20 +120,28 @@ def create_api(
     reads ``SLUICEGATE_WEBHOOK_HOSTS`` (see :mod:`sluicegate.webhooks`).
     """
     limit = max_body_size or app.max_message_size + BODY_SIZE_MARGIN
+    state = _State(app, webhooks or WebhookPolicy.from_environment())
+
+    @asynccontextmanager
+    async def lifespan(api: FastAPI) -> AsyncIterator[None]:
+        yield
+        # The server has finished its requests by now; this waits for enqueues whose
+        # requests it cancelled at its shutdown timeout.
+        state.enqueue_executor.shutdown(wait=True)
+
     api = FastAPI(
         title="sluicegate",
         version=__version__,
         description="Enqueue and follow jobs, inspect queues and dead letters.",
         redoc_url=None,
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        lifespan=lifespan,
     )
     # Every route checks its token before FastAPI reads the body.
     api.router.route_class = AuthenticatedRoute
-    state = _State(app, webhooks or WebhookPolicy.from_environment())
     read = [Depends(requirement(tokens or {}, Scope.READ))]
     write = [Depends(requirement(tokens or {}, Scope.WRITE))]
-    api.add_middleware(BodySizeLimit, max_bytes=limit)
-    api.add_middleware(BodyReadTimeout, timeout=body_timeout)
+    api.add_middleware(BodyLimits, max_bytes=limit, timeout=body_timeout)
     _add_error_handlers(api)
     _add_probe_routes(api, state, read)
     _add_job_routes(api, state, read, write)
@@ -137,6 +157,9 @@ class _State:
         self.app = app
         self.webhooks = webhooks
         self.metrics = ApiMetrics(lambda: app.backend.stats(), app.bounds, self.breaker_snapshots)
+        self.enqueue_executor = ThreadPoolExecutor(
+            ENQUEUE_THREADS, thread_name_prefix="sluicegate-enqueue"
+        )
 
     def known_queues(self) -> dict[str, QueueStats]:
         """Return stats of every queue in the store or named by a task, by name."""
@@ -231,8 +254,18 @@ def _add_probe_routes(api: FastAPI, state: _State, read: list[Any]) -> None:
 def _add_job_routes(api: FastAPI, state: _State, read: list[Any], write: list[Any]) -> None:
     app = state.app
 
-    @api.post(
+    async def enqueue(queue: QueueName, body: EnqueueRequest) -> Response:
+        """Enqueue a call of a task; 202 with the job, or 200 for a known idempotency key."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(state.enqueue_executor, _enqueue, state, queue, body)
+
+    # The busiest route: JsonBodyRoute parses its body and calls it without FastAPI's
+    # worker-thread hops, and _enqueue checks the returned job against JobBody itself.
+    api.router.add_api_route(
         "/v1/queues/{queue}/jobs",
+        enqueue,
+        methods=["POST"],
+        route_class_override=JsonBodyRoute,
         dependencies=write,
         status_code=202,
         response_model=JobBody,
@@ -246,34 +279,6 @@ def _add_job_routes(api: FastAPI, state: _State, read: list[Any], write: list[An
         },
         tags=["jobs"],
     )
-    def enqueue(queue: QueueName, body: EnqueueRequest, response: Response) -> Any:
-        """Enqueue a call of a task; 202 with the job, or 200 for a known idempotency key."""
-        new = _prepare(state, queue, body)
-        try:
-            (result,) = app.backend.enqueue_jobs([new], app.bounds(queue))
-        except QueueFull as exc:
-            state.metrics.rejected.labels(queue, new.task, exc.reason).inc()
-            logger.debug("job rejected queue=%s task=%s reason=%s", queue, new.task, exc.reason)
-            return _queue_full_response(exc)
-        record = app.backend.get_job(result.job_id)
-        if record is None:  # Expired between the two calls: only with a tiny retention.
-            raise HTTPException(404, f"job {result.job_id} expired right after enqueue")
-        if not result.created and record.task != new.task:
-            # NOTE: a job record keeps its task but not its arguments, so a replay
-            # of the key with other args or kwargs for the same task cannot be
-            # distinguished from a retry, and it returns the existing job.
-            raise HTTPException(
-                409,
-                f"idempotency key {new.idempotency_key!r} belongs to job {record.id} of task "
-                f"{record.task!r}, not {new.task!r}; use another key for another call",
-            )
-        response.headers["Location"] = f"/v1/jobs/{record.id}"
-        if result.created:
-            state.metrics.enqueued.labels(queue, new.task).inc()
-            logger.debug("job enqueued job_id=%s task=%s queue=%s", record.id, new.task, queue)
-        else:
-            response.status_code = 200
-        return schemas.job_body(record)
 
     @api.get(
         "/v1/jobs/{job_id}",
@@ -488,6 +493,49 @@ def _add_breaker_routes(api: FastAPI, state: _State, read: list[Any], write: lis
         breaker_of(app, name).force_open(duration)
         logger.info("breaker forced open over http name=%s duration_s=%s", name, duration)
         return state.breaker_body(name)
+
+
+def _enqueue(state: _State, queue: str, body: EnqueueRequest) -> Response:
+    """Check, encode and enqueue one call; return the job's response or raise HTTPException.
+
+    It blocks on the store, so it runs on ``state.enqueue_executor``.
+    """
+    app = state.app
+    new = _prepare(state, queue, body)
+    try:
+        (result,) = app.backend.enqueue_jobs([new], app.bounds(queue))
+    except QueueFull as exc:
+        state.metrics.rejected.labels(queue, new.task, exc.reason).inc()
+        logger.debug("job rejected queue=%s task=%s reason=%s", queue, new.task, exc.reason)
+        return _queue_full_response(exc)
+    record = app.backend.get_job(result.job_id)
+    if record is None:  # Expired between the two calls: only with a tiny retention.
+        raise HTTPException(404, f"job {result.job_id} expired right after enqueue")
+    if not result.created and record.task != new.task:
+        # NOTE: a job record keeps its task but not its arguments, so a replay
+        # of the key with other args or kwargs for the same task cannot be
+        # distinguished from a retry, and it returns the existing job.
+        raise HTTPException(
+            409,
+            f"idempotency key {new.idempotency_key!r} belongs to job {record.id} of task "
+            f"{record.task!r}, not {new.task!r}; use another key for another call",
+        )
+    if not result.created:
+        return _job_response(record, 200)
+    state.metrics.enqueued.labels(queue, new.task).inc()
+    logger.debug("job enqueued job_id=%s task=%s queue=%s", record.id, new.task, queue)
+    return _job_response(record, 202)
+
+
+def _job_response(record: JobRecord, status_code: int) -> Response:
+    """Return the job as the JSON that FastAPI writes for a ``JobBody``, with ``Location``."""
+    content = JobBody.model_validate(schemas.job_body(record)).model_dump_json()
+    return Response(
+        content,
+        status_code,
+        headers={"Location": f"/v1/jobs/{record.id}"},
+        media_type="application/json",
+    )
 
 
 def _prepare(state: _State, queue: str, body: EnqueueRequest) -> NewJob:

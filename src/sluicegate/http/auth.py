@@ -79,14 +79,16 @@ _bearer = HTTPBearer(auto_error=False, description="TOKEN from SLUICEGATE_API_TO
 class TokenRequirement:
     """A FastAPI dependency that demands a bearer token with ``scope``.
 
-    With no tokens configured, it lets every request through.
+    With no tokens configured, it lets every request through. It is a coroutine
+    function because FastAPI runs a plain function dependency on a worker
+    thread, a hop that costs more than the check.
     """
 
     def __init__(self, tokens: Mapping[str, Scope], scope: Scope) -> None:
         self.tokens = tokens
         self.scope = scope
 
-    def __call__(
+    async def __call__(
         self,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
@@ -105,6 +107,11 @@ class TokenRequirement:
             )
         if self.scope is Scope.WRITE and granted is not Scope.WRITE:
             raise HTTPException(403, "this token has the read scope; this request needs write")
+
+
+async def bearer_credentials(request: Request) -> HTTPAuthorizationCredentials | None:
+    """Return the request's bearer credentials, or None without an ``Authorization: Bearer``."""
+    return await _bearer(request)
 
 
 def requirement(tokens: Mapping[str, Scope], scope: Scope) -> TokenRequirement:
@@ -132,7 +139,7 @@ class AuthenticatedRoute(APIRoute):
             return handler
 
         async def authenticated(request: Request) -> Response:
-            credentials = await _bearer(request)
+            credentials = await bearer_credentials(request)
             for required in requirements:
                 required.verify(credentials)
             return await handler(request)

@@ -40,84 +40,47 @@ class _BodyTimedOut(HTTPException):
         super().__init__(408, _timeout_message(timeout))
 
 
-class BodySizeLimit:
-    """ASGI middleware that rejects request bodies over ``max_bytes`` with a JSON 413."""
+class BodyLimits:
+    """ASGI middleware that caps a request body's size (413) and the time to receive it (408).
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
+    Size: a body over ``max_bytes``, by its ``Content-Length`` or by the bytes
+    counted so far, gets a JSON 413.
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._reject(scope, send)
-            return
-        received = 0
-        started = False
+    Time: the body must arrive whole within ``timeout`` seconds, counted from
+    when the server hands the request over, right after its headers. Within
+    that time the body may come in any number of chunks. Once the body is
+    complete, ``receive`` is not bounded, so a streaming response can still
+    wait for the client to disconnect. A late body gets a JSON 408.
 
-        async def counted_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLarge(self.max_bytes)
-            return message
-
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counted_receive, tracked_send)
-        except _BodyTooLarge:
-            if started:
-                raise
-            await self._reject(scope, send)
-
-    async def _reject(self, scope: Scope, send: Send) -> None:
-        logger.info("request body rejected path=%s limit_bytes=%d", scope["path"], self.max_bytes)
-        body = orjson.dumps({"detail": _message(self.max_bytes)})
-        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-
-class BodyReadTimeout:
-    """ASGI middleware that returns 408 when a request body takes over ``timeout`` seconds.
-
-    The time counts from when the server hands the request over, right after
-    its headers, until the last chunk of the body arrives. Within that time
-    the body may come in any number of chunks. Once the body is complete,
-    ``receive`` is not bounded, so a streaming response can still wait for
-    the client to disconnect.
-
-    A response that starts before the whole body arrived (an early 401, 404
-    or 408) carries ``Connection: close``. The server then closes the
+    A response that starts before the whole body arrived (an early 401, 404,
+    408 or 413) carries ``Connection: close``. The server then closes the
     connection after the response, instead of reading a body that no one
     uses for as long as the client keeps sending it.
+
+    Both caps live in one middleware because each pure ASGI middleware wraps
+    ``receive`` and ``send`` of every request once more.
     """
 
-    def __init__(self, app: ASGIApp, timeout: float) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float) -> None:
         self.app = app
+        self.max_bytes = max_bytes
         self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        declared, has_body = _body_headers(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._reject_too_large(scope, send)
+            return
         deadline = asyncio.get_running_loop().time() + self.timeout
-        body_complete = not _has_body(scope)
+        body_complete = not has_body
+        received = 0
         started = False
 
-        async def timed_receive() -> Message:
-            nonlocal body_complete
+        async def limited_receive() -> Message:
+            nonlocal body_complete, received
             if body_complete:
                 return await receive()
             try:
@@ -131,7 +94,13 @@ class BodyReadTimeout:
                     self.timeout,
                 )
                 raise _BodyTimedOut(self.timeout) from None
-            if message["type"] != "http.request" or not message.get("more_body", False):
+            if message["type"] != "http.request":
+                body_complete = True
+                return message
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise _BodyTooLarge(self.max_bytes)
+            if not message.get("more_body", False):
                 body_complete = True
             return message
 
@@ -144,29 +113,32 @@ class BodyReadTimeout:
             await send(message)
 
         try:
-            await self.app(scope, timed_receive, closing_send)
+            await self.app(scope, limited_receive, closing_send)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await self._reject_too_large(scope, send)
         except _BodyTimedOut:
             if started:
                 raise
-            body = orjson.dumps({"detail": _timeout_message(self.timeout)})
-            headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
-            headers.append((b"content-length", str(len(body)).encode()))
-            await send({"type": "http.response.start", "status": 408, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await _send_closing_error(send, 408, _timeout_message(self.timeout))
+
+    async def _reject_too_large(self, scope: Scope, send: Send) -> None:
+        logger.info("request body rejected path=%s limit_bytes=%d", scope["path"], self.max_bytes)
+        await _send_closing_error(send, 413, _message(self.max_bytes))
+
+
+async def _send_closing_error(send: Send, status: int, detail: str) -> None:
+    """Send a JSON ``{"detail": ...}`` response with ``Connection: close``."""
+    body = orjson.dumps({"detail": detail})
+    headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _timeout_message(timeout: float) -> str:
     return f"request body not received within {timeout:g} s; send the whole body without pausing"
-
-
-def _has_body(scope: Scope) -> bool:
-    """Return whether the request headers announce a body (a length above 0, or chunks)."""
-    for name, value in scope["headers"]:
-        if name == b"transfer-encoding":
-            return True
-        if name == b"content-length" and value.strip() not in (b"0", b""):
-            return True
-    return False
 
 
 def _with_connection_close(message: Message) -> Message:
@@ -185,11 +157,21 @@ def _message(max_bytes: int) -> str:
     return f"request body is over the limit of {max_bytes} bytes"
 
 
-def _content_length(scope: Scope) -> int | None:
+def _body_headers(scope: Scope) -> tuple[int | None, bool]:
+    """Return the ``Content-Length`` (None if absent or invalid) and whether a body comes.
+
+    A body comes with a length above 0 or with ``Transfer-Encoding`` (chunks).
+    """
+    declared = None
+    has_body = False
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:
-                return int(value)
+                declared = int(value)
             except ValueError:
-                return None
-    return None
+                declared = None
+            if value.strip() not in (b"0", b""):
+                has_body = True
+        elif name == b"transfer-encoding":
+            has_body = True
+    return declared, has_body
