@@ -120,6 +120,8 @@ def test_force_open_default_duration(api: FastAPI, options: dict[str, object]) -
         {"duration": -5},
         {"duration": MAX_DURATION * 2},
         {"duration": "soon"},
+        {"duration": True},
+        {"duration": "60"},
         {"duration": 10, "until": "later"},
     ],
 )

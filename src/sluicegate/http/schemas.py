@@ -170,6 +170,7 @@ class ForceOpenRequest(BaseModel):
         gt=0,
         le=MAX_DURATION,
         allow_inf_nan=False,
+        strict=True,  # true is not one second
         description="Seconds to stay open before probing; default: the reset timeout.",
     )
 
