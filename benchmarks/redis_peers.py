@@ -15,7 +15,8 @@ For every library, in one pass:
   with no worker running (async libraries: sequential awaits). The first call, which opens
   the connection, is not timed;
 - drain: the worker CLI of the library is then started as one command on those jobs, with
-  the library's default worker settings and WARNING logging. "From start" is jobs / (spawn
+  the library's default worker settings (``--sluicegate-concurrency`` changes sluicegate's)
+  and WARNING logging. "From start" is jobs / (spawn
   to the last completion) and "steady" is (jobs - 1) / (first to last completion).
   Completions are read from a broker-side count polled every 10 ms (50 ms on PostgreSQL),
   named by each adapter's ``completion_source``;
@@ -129,6 +130,8 @@ class SluicegateAdapter(Adapter):
     worker_settings = "sluicegate worker defaults (one process, concurrency 8 threads)"
     result_api = "job.result(timeout=...)"
     completion_source = "jobs minus the queue's live length (backend.length)"
+    #: The worker's ``--concurrency``, or None for its default.
+    concurrency: int | None = None
 
     def module_source(self) -> str:
         return (
@@ -144,7 +147,10 @@ class SluicegateAdapter(Adapter):
 
     def worker_command(self) -> list[str]:
         command = [str(console_script("sluicegate")), "--log-level", "warning", "worker"]
-        return [*command, f"{self.module_name}:app", "--queues", "bench"]
+        command += [f"{self.module_name}:app", "--queues", "bench"]
+        if self.concurrency is not None:
+            command += ["--concurrency", str(self.concurrency)]
+        return command
 
     def completed_count(self, total: int) -> int:
         return total - int(self.module.app.backend.length("bench"))
@@ -594,6 +600,11 @@ def run_library(
     adapter = None
     try:
         adapter = adapter_class(directory, url)
+        if isinstance(adapter, SluicegateAdapter) and options.sluicegate_concurrency is not None:
+            adapter.concurrency = options.sluicegate_concurrency
+            adapter.worker_settings = (
+                f"sluicegate worker, one process, --concurrency {adapter.concurrency}"
+            )
         figures.version = adapter.version
         figures.worker_settings = adapter.worker_settings
         measure(adapter, figures, round_trips, options)
@@ -725,6 +736,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--round-trip-caps",
         default="",
         help="per-library caps on --round-trips as name=count,... (default: arq=60)",
+    )
+    parser.add_argument(
+        "--sluicegate-concurrency",
+        type=int,
+        default=None,
+        help="sluicegate worker threads, passed as its --concurrency (default: the worker's 8)",
     )
     parser.add_argument(
         "--postgres-url",

@@ -318,7 +318,7 @@ class RedisBackend(ExchangeShortcuts):
             len(settlements),
         ]
         for settlement in settlements:
-            args += _settlement_args(settlement, now)
+            _settlement_args(settlement, now, args)
         settled, rows, expired = self._run("exchange", args)
         for i in range(0, len(expired), 4):
             logger.warning(
@@ -615,33 +615,48 @@ def _sentinel_client(url: str, options: dict[str, Any]) -> redis.Redis:
     return client
 
 
-def _settlement_args(settlement: Settlement, now: float) -> list[Any]:
-    delivery, update = settlement.delivery, settlement.job
-    delayed = settlement.action in (Action.RETRY, Action.DEFER) and settlement.delay > 0
-    args: list[Any] = [
+#: Settlement actions whose ``delay`` the exchange script applies.
+_DELAYABLE = frozenset((Action.RETRY, Action.DEFER))
+
+#: The job half of a settlement's script values when the settlement carries no update.
+_NO_JOB_ARGS = (0, "", "", "", "", "", "", "", 0, 1)
+
+_NO_ERROR = ErrorInfo("", "")
+
+
+def _settlement_args(settlement: Settlement, now: float, args: list[Any]) -> None:
+    """Append the 16 script values of one settlement to ``args``, as ``EXCHANGE`` reads them.
+
+    It runs once per settled job, on the worker's I/O thread, so it appends in
+    place instead of building lists.
+    """
+    delivery, update, action = settlement.delivery, settlement.job, settlement.action
+    delayed = settlement.delay > 0 and action in _DELAYABLE
+    args += (
         delivery.message_id,
         delivery.queue,
         delivery.fence,
-        settlement.action.value,
+        action.value,
         repr(now + settlement.delay) if delayed else "",
         settlement.reason or "dead-lettered",
-    ]
+    )
     if update is None:
-        return [*args, 0, "", "", "", "", "", "", "", 0, 1]
-    error = update.error or ErrorInfo("", "")
-    return [
-        *args,
+        args += _NO_JOB_ARGS
+        return
+    error = update.error or _NO_ERROR
+    traceback, note = error.traceback, update.note
+    args += (
         1,
         update.state.value,
         _optional(update.result),
         error.type,
         error.message,
-        _optional(None if error.traceback is None else error.traceback.encode()),
-        _optional(None if update.note is None else update.note.encode()),
+        b"" if traceback is None else b"=" + traceback.encode(),
+        b"" if note is None else b"=" + note.encode(),
         repr(now + update.retention),
         _milliseconds(update.retention),
         1 if update.count_attempt else 0,
-    ]
+    )
 
 
 def _optional(value: bytes | None) -> bytes:

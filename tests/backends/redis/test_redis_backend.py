@@ -185,6 +185,68 @@ def test_purge_expired_deletes_key(backend: RedisBackend) -> None:
     assert backend._client.exists(f"{backend.layout.tag}:idem:order-9") == 0
 
 
+def test_exchange_over_chunk_size(backend: RedisBackend) -> None:
+    # The exchange script sends its batched ZADD, ZREM and DEL 1,000 values at a
+    # time, because Lua's unpack fails beyond about 8,000.
+    count = 2_500
+    jobs = [NewJob(message(), "t") for _ in range(count)]
+    backend.enqueue_jobs(jobs, QueueBounds(max_length=count))
+    _, deliveries = backend.exchange([], ["q"], count, LEASE, "w1")
+    update = JobUpdate(JobState.SUCCEEDED, result=b"1", retention=100.0)
+
+    settled, again = backend.exchange(
+        [Settlement(delivery, Action.ACK, update) for delivery in deliveries], ["q"], 1, LEASE, "w1"
+    )
+    records = backend.get_jobs([job.message.id for job in jobs])
+    client, tag = backend._client, backend.layout.tag
+
+    assert len(deliveries) == count
+    assert settled == [True] * count
+    assert again == []
+    assert backend.length("q") == 0
+    assert {record.state for record in records} == {JobState.SUCCEEDED}
+    assert client.zcard(f"{tag}:q:q:leased") == 0
+    assert client.zcard(f"{tag}:expiring") == count
+    assert client.exists(*(backend.layout.message(job.message.id) for job in jobs)) == 0
+
+
+def test_exchange_same_delivery_twice(backend: RedisBackend) -> None:
+    new = NewJob(message(), "t")
+    backend.enqueue_jobs([new], BOUNDS)
+    (delivery,) = backend.reserve(["q"], 1, LEASE, "w1")
+    update = JobUpdate(JobState.SUCCEEDED, result=b"1")
+
+    settled = backend.settle([Settlement(delivery, Action.ACK, update)] * 2)
+    record = backend.get_job(new.message.id)
+
+    assert settled == [True, False]
+    assert record is not None
+    assert record.state is JobState.SUCCEEDED
+    assert record.version == 3  # enqueue, lease, one settlement
+
+
+def test_exchange_retry_then_lease_again(backend: RedisBackend) -> None:
+    # A retry with no delay makes the message ready, and the same call leases it
+    # again: the batched ZREM of the old lease must not remove the new one.
+    new = NewJob(message(), "t")
+    backend.enqueue_jobs([new], BOUNDS)
+    (delivery,) = backend.reserve(["q"], 1, LEASE, "w1")
+    update = JobUpdate(JobState.RETRYING, retention=100.0)
+
+    settled, (again,) = backend.exchange(
+        [Settlement(delivery, Action.RETRY, update)], ["q"], 1, LEASE, "w1"
+    )
+    (stats,) = backend.stats("q")
+    acked = backend.settle([Settlement(again, Action.ACK)])
+
+    assert settled == [True]
+    assert again.message_id == delivery.message_id
+    assert again.fence == delivery.fence + 1
+    assert again.delivery_count == 2
+    assert stats.running == 1
+    assert acked == [True]
+
+
 def test_sentinel_url(private_sentinel: str) -> None:
     backend = RedisBackend(private_sentinel, reconnect_timeout=5.0)
     try:
