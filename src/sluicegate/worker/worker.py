@@ -646,6 +646,7 @@ class Worker:
 
         if outcome.kind == "ok":
             logger.info("job succeeded job_id=%s task=%s", job_id, task.name)
+            # TODO: clear an earlier "deferred by ..." note; None keeps the stored note.
             update = JobUpdate(JobState.SUCCEEDED, outcome.result, note=note, retention=retention)
             return Settlement(delivery, Action.ACK, update)
 
