@@ -87,6 +87,7 @@ class JobUpdate:
 
     ``retention`` is how many seconds a final record is kept. ``count_attempt``
     is false when a job is given back at shutdown, so that attempt is not spent.
+    ``note`` None keeps the record's note, and an empty string clears it.
     """
 
     state: JobState

@@ -314,3 +314,25 @@ def test_purge_dead_spares_live(backend: Backend, clock: FakeClock) -> None:
     assert backend.purge_dead("q") == 0
     assert backend.purge_dead("q", [live.id]) == 0
     assert backend.length("q") == 1
+
+
+def test_empty_note_clears_note(backend: Backend, clock: FakeClock) -> None:
+    new = job(clock)
+    backend.enqueue_jobs([new], BOUNDS)
+    first = reserve_one(backend)
+    deferred = JobUpdate(JobState.SCHEDULED, note="deferred by breaker b", count_attempt=False)
+    backend.settle([Settlement(first, Action.DEFER, deferred, delay=1)])
+    clock.advance(2)
+    second = reserve_one(backend)
+    retrying = JobUpdate(JobState.RETRYING)
+    backend.settle([Settlement(second, Action.RETRY, retrying)])
+    kept = backend.get_job(new.message.id)
+    third = reserve_one(backend)
+
+    backend.settle([Settlement(third, Action.ACK, JobUpdate(JobState.SUCCEEDED, note=""))])
+    cleared = backend.get_job(new.message.id)
+
+    assert kept is not None
+    assert kept.note == "deferred by breaker b"
+    assert cleared is not None
+    assert cleared.note is None

@@ -270,7 +270,7 @@ UPDATE {s}.jobs j SET
     error_type = coalesce(nullif(u.error_type, ''), j.error_type),
     error_message = coalesce(nullif(u.error_message, ''), j.error_message),
     error_traceback = coalesce(u.error_traceback, j.error_traceback),
-    note = coalesce(u.note, j.note),
+    note = CASE WHEN u.note IS NULL THEN j.note ELSE nullif(u.note, '') END,
     finished_at = u.finished_at,
     expires_at = u.expires_at,
     attempts = j.attempts - u.uncounted,

@@ -297,7 +297,8 @@ local function update_job(id, base, action)
   if ARGV[base + 9] ~= '' then push_pair(fields, 'error_type', ARGV[base + 9]) end
   if ARGV[base + 10] ~= '' then push_pair(fields, 'error_message', ARGV[base + 10]) end
   if traceback then push_pair(fields, 'error_traceback', traceback) end
-  if note then push_pair(fields, 'note', note) end
+  if note == '' then redis.call('HDEL', job, 'note')
+  elseif note then push_pair(fields, 'note', note) end
   if action == 'retry' or action == 'defer' then
     push_pair(fields, 'eta', ARGV[base + 4] ~= '' and ARGV[base + 4] or now_text)
   end

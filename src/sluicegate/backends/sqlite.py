@@ -521,7 +521,8 @@ class SQLiteBackend(ExchangeShortcuts):
             "UPDATE jobs SET state = ?, version = version + 1, result = coalesce(?, result), "
             "error_type = coalesce(nullif(?, ''), error_type), "
             "error_message = coalesce(nullif(?, ''), error_message), "
-            "error_traceback = coalesce(?, error_traceback), note = coalesce(?, note), "
+            "error_traceback = coalesce(?, error_traceback), "
+            "note = CASE WHEN ? IS NULL THEN note ELSE nullif(?, '') END, "
             "finished_at = ?, expires_at = ?, attempts = attempts - ?, "
             "eta = CASE WHEN ? THEN ? ELSE eta END WHERE id = ?",
             (
@@ -530,6 +531,7 @@ class SQLiteBackend(ExchangeShortcuts):
                 error.type,
                 error.message,
                 error.traceback,
+                update.note,  # None keeps the note, "" clears it
                 update.note,
                 now if final else None,
                 now + update.retention if final else None,

@@ -646,8 +646,10 @@ class Worker:
 
         if outcome.kind == "ok":
             logger.info("job succeeded job_id=%s task=%s", job_id, task.name)
-            # TODO: clear an earlier "deferred by ..." note; None keeps the stored note.
-            update = JobUpdate(JobState.SUCCEEDED, outcome.result, note=note, retention=retention)
+            # An empty note clears one left by an earlier deferral or retry delay.
+            update = JobUpdate(
+                JobState.SUCCEEDED, outcome.result, note=note or "", retention=retention
+            )
             return Settlement(delivery, Action.ACK, update)
 
         error = outcome.error
