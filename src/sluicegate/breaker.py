@@ -227,11 +227,11 @@ class Breaker:
 
     def release(self, ticket: Ticket, error: BaseException | None) -> None:
         """Count how an admitted call ended: ``error`` is its exception, or None on success."""
-        self.record_outcome(ticket, False if error is None else self.is_failure(error))
+        self.record_outcome(ticket, False if error is None else self.failure_of(type(error)))
 
-    def is_failure(self, error: BaseException) -> bool | None:
-        """Return True if ``error`` counts as a failure, else None (it counts as nothing)."""
-        return True if isinstance(error, self.failure_types) else None
+    def failure_of(self, kind: type[BaseException]) -> bool | None:
+        """Return True if an exception of ``kind`` counts as a failure, else None (as nothing)."""
+        return True if issubclass(kind, self.failure_types) else None
 
     def record_outcome(self, ticket: Ticket, failure: bool | None) -> None:
         """Count an admitted call: a failure (True), a success (False) or neither (None)."""
@@ -303,8 +303,11 @@ class Breaker:
     # -- the store
 
     def _read(self, replace_invalid: bool = False) -> tuple[bytes | None, BreakerState]:
-        """Return the stored bytes and the state; with ``replace_invalid`` an unreadable
-        state reads as a new closed one, so that reset and force-open can overwrite it."""
+        """Return the stored bytes and the state.
+
+        With ``replace_invalid``, an unreadable state reads as a new closed one,
+        so that reset and force-open can overwrite it.
+        """
         raw = self._get_store().get_value(self.key)
         if raw is None:
             return None, BreakerState()

@@ -328,18 +328,18 @@ class RateLimiter:
         stored = self._decode(resolve_store(self._store).get_value(self.key))
         if stored is None:
             return RateLimitSnapshot(self.name, float(self.burst), self.rate, self.burst, None)
-        tokens = self._refill(stored, now)[0]
+        tokens = self._refill(stored[:2], now)[0]
         return RateLimitSnapshot(self.name, tokens, self.rate, self.burst, stored[1])
 
     def _take(
         self, raw: bytes | None, now: float, max_wait: float, take_turn: bool = False
     ) -> tuple[bytes | None, tuple[bool, float]]:
         stored = self._decode(raw)
-        deferred_until = self._deferred_until(raw, now)
         if stored is None:
-            tokens, updated_at = float(self.burst), now
+            tokens, updated_at, deferred_until = float(self.burst), now, now
         else:
-            tokens, updated_at = self._refill(stored, now)
+            tokens, updated_at = self._refill(stored[:2], now)
+            deferred_until = self._deferred_until(stored[2], now)
         new_state: dict[str, float | int] = {"version": STATE_VERSION, "updated_at": updated_at}
         if deferred_until > now:
             new_state["deferred_until"] = deferred_until
@@ -361,16 +361,13 @@ class RateLimiter:
         new_state["tokens"] = tokens - 1
         return orjson.dumps(new_state), (True, max(0.0, wait))
 
-    def _deferred_until(self, raw: bytes | None, now: float) -> float:
+    def _deferred_until(self, stored: float | None, now: float) -> float:
         """Return the turn after the last caller turned away, or ``now`` when there is none."""
-        if raw is None:
-            return now
-        value = orjson.loads(raw).get("deferred_until")
         # A turn further ahead than a day's worth of tokens is not one this limiter gave.
         horizon = now + max(MAX_PERIOD, self.rate.count * self.rate.period)
-        if not _is_finite(value) or not now < value <= horizon:
+        if stored is None or not now < stored <= horizon:
             return now
-        return float(value)
+        return stored
 
     def _refill(self, stored: tuple[float, float], now: float) -> tuple[float, float]:
         """Return the tokens at ``max(now, updated_at)`` and that time.
@@ -384,7 +381,8 @@ class RateLimiter:
         refilled = tokens + (now - updated_at) * self.rate.per_second
         return min(refilled, float(self.burst)), now
 
-    def _decode(self, raw: bytes | None) -> tuple[float, float] | None:
+    def _decode(self, raw: bytes | None) -> tuple[float, float, float | None] | None:
+        """Return the stored tokens, update time and next turn (None if absent), or None."""
         if raw is None:
             return None
         try:
@@ -396,7 +394,9 @@ class RateLimiter:
                 raise ValueError(f"invalid tokens or time in {raw[:100]!r}")
             if tokens < -self.rate.per_second * MAX_PERIOD:
                 raise ValueError(f"a debt of more than a day's tokens in {raw[:100]!r}")
-            return float(tokens), float(updated_at)
+            turn = data.get("deferred_until")
+            next_turn = float(turn) if isinstance(turn, int | float) and _is_finite(turn) else None
+            return float(tokens), float(updated_at), next_turn
         except (ValueError, KeyError) as exc:
             raise StoreUnavailable(
                 f"rate limiter {self.name!r}: cannot read the bucket under {self.key!r} "

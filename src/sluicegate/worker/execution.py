@@ -114,8 +114,7 @@ def breaker_failure(task: Task[Any, Any], kind: type[BaseException]) -> bool | N
     name = task.options.breaker
     if name is None:
         return None
-    breaker = task.app.breakers.get(name) or task.app.breaker(name)
-    return True if issubclass(kind, breaker.failure_types) else None
+    return task.app.breaker(name).failure_of(kind)
 
 
 def describe_error(exc: BaseException) -> ErrorInfo:

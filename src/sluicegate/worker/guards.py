@@ -1,11 +1,11 @@
 """The checks a reserved job passes before its task function runs: a breaker and a rate limit.
 
 A task declared with ``breaker="payments"`` or ``rate_limit="20/s"`` passes
-its :class:`TaskGuard` before each attempt. The guard asks the shared
-breaker for a ticket and the shared token bucket for a slot; both live in
-the store, so every worker process on every host sees the same ones.
+its :class:`TaskGuard` before each attempt. The guard requests a ticket
+from the shared breaker and a slot from the shared token bucket. Both are
+kept in the store, so every worker process on every host reads the same ones.
 
-The guard answers one of two ways:
+The guard returns one of two verdicts:
 
 - :class:`Admitted`: run the attempt, after waiting ``wait`` seconds in
   memory for the reserved rate-limit slot (at most ``MAX_HOLD``). The
@@ -34,7 +34,7 @@ from sluicegate.task import Task
 
 logger = logging.getLogger(__name__)
 
-#: Maximum wait, in seconds, for a rate-limit slot during which a worker holds the job.
+#: Maximum wait, in seconds, for a rate-limit slot during which a worker keeps the job.
 #: A job with a longer wait goes back to its queue instead.
 MAX_HOLD = 0.5
 
@@ -126,7 +126,7 @@ def guard_for(task: Task[Any, Any]) -> TaskGuard | None:
                 options.breaker,
                 ",".join(sorted(app.breakers)) or "-",
             )
-        breaker = app.breakers.get(options.breaker) or app.breaker(options.breaker)
+        breaker = app.breaker(options.breaker)  # the declared one, else the defaults
     return TaskGuard(task.name, breaker, rate_limiter_of(task), options.backoff)
 
 
