@@ -326,13 +326,13 @@ def test_empty_note_clears_note(backend: Backend, clock: FakeClock) -> None:
     second = reserve_one(backend)
     retrying = JobUpdate(JobState.RETRYING)
     backend.settle([Settlement(second, Action.RETRY, retrying)])
-    kept = backend.get_job(new.message.id)
+    before_success = backend.get_job(new.message.id)
     third = reserve_one(backend)
 
     backend.settle([Settlement(third, Action.ACK, JobUpdate(JobState.SUCCEEDED, note=""))])
     cleared = backend.get_job(new.message.id)
 
-    assert kept is not None
-    assert kept.note == "deferred by breaker b"
+    assert before_success is not None
+    assert before_success.note == "deferred by breaker b"
     assert cleared is not None
     assert cleared.note is None

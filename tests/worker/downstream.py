@@ -9,7 +9,7 @@ from typing import Any
 
 
 class Downstream:
-    """Answers ``GET /`` with 200 while up and 503 while down, and records every request time.
+    """A server that returns 200 to ``GET /`` while up and 503 while down, recording each request.
 
     Use as a context manager; ``url`` is where it listens, on 127.0.0.1 and a free port.
     """
@@ -17,7 +17,7 @@ class Downstream:
     def __init__(self) -> None:
         self.down = False
         self.lock = threading.Lock()
-        self.calls: list[tuple[float, bool]] = []  # (time, answered while down)
+        self.calls: list[tuple[float, bool]] = []  # (time, whether the server was down)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,7 +51,7 @@ class Downstream:
             self.down = down
 
     def times(self, while_down: bool | None = None) -> list[float]:
-        """Return the request times, all or only those answered while down (or up)."""
+        """Return the request times, all or only those received while down (or up)."""
         with self.lock:
             return [t for t, down in self.calls if while_down is None or down == while_down]
 

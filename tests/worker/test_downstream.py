@@ -95,8 +95,8 @@ def test_breaker_spares_a_failing_downstream(
         down_seconds = max(server.times()) - min(server.times())
         records = module.wait_final([job.id for job in jobs], timeout=120)
 
-        # Calls admitted while closed stop at minimum_calls, give or take those in flight
-        # when the breaker opened; each half-open round then admits at most its probes.
+        # Calls admitted while closed stop at minimum_calls, plus those in flight when the
+        # breaker opened. Each half-open round then admits at most its probes.
         in_flight = WORKERS * CONCURRENCY
         allowed = MINIMUM_CALLS + in_flight + HALF_OPEN_CALLS * half_open_rounds
         assert down_calls <= allowed

@@ -413,11 +413,13 @@ class Worker:
         delay = deferral.delay
         if not MIN_DEFERRAL <= delay <= MAX_DEFERRAL:  # Also false for NaN.
             delay = MAX_DEFERRAL if delay > MAX_DEFERRAL else MIN_DEFERRAL
+
         until = time.time() + delay
         deadline = self._deadline(entry)
         if deadline is not None and until > deadline:
             self._miss_deadline(entry, f"{deferral.reason} until {iso(until)}, past its deadline")
             return
+
         del self.running[entry.delivery.message_id]
         logger.info(
             "job deferred job_id=%s task=%s reason=%s delay_s=%.3f",
@@ -426,6 +428,7 @@ class Worker:
             deferral.reason,
             delay,
         )
+
         note = f"{deferral.reason} until {iso(until)}"
         update = JobUpdate(
             JobState.SCHEDULED,
@@ -439,11 +442,11 @@ class Worker:
         self._pending.append(settlement)
         self._poke()
 
-    def _miss_deadline(self, entry: Running, why: str) -> None:
+    def _miss_deadline(self, entry: Running, cause: str) -> None:
         """Fail a job that cannot start before its deadline, without running it."""
         assert entry.task is not None
         deadline = entry.task.options.deadline
-        reason = f"{why}; deadline {iso(self._deadline(entry))} ({deadline:g}s after enqueue)"
+        reason = f"{cause}; deadline {iso(self._deadline(entry))} ({deadline:g}s after enqueue)"
         self.running.pop(entry.delivery.message_id, None)
         logger.warning(
             "job failed, it cannot start before its deadline job_id=%s task=%s reason=%s",
