@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
+import importlib
 import inspect
 import os
 import sys
@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 from zoneinfo import ZoneInfo
 
+from sluicegate._offload import to_thread
 from sluicegate.backends import open_backend, redact
 from sluicegate.backends.base import Backend, TransactionalEnqueue
 from sluicegate.breaker import Breaker
@@ -402,7 +403,7 @@ class App:
 
     async def ajob(self, job_id: str) -> Job[Any]:
         """Look a job up without blocking the event loop; see :meth:`job`."""
-        return await asyncio.to_thread(self.job, job_id)
+        return await to_thread(self.job, job_id)
 
     def _submit(
         self, task: Task[Any, Any], jobs: list[NewJob], connection: Any = None
@@ -511,3 +512,19 @@ def _check_queue_name(name: str) -> str:
     if not isinstance(name, str) or not name or len(name) > 200:
         raise ConfigurationError(f"queue name must be a non-empty string, got {name!r}")
     return name
+
+
+def load_app(app_spec: str) -> Any:
+    """Import ``module:attribute`` and return the attribute (an App)."""
+    module_name, _, attribute = app_spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(
+            f"invalid app {app_spec!r}; expected MODULE:ATTRIBUTE, e.g. myapp:app"
+        )
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ConfigurationError(
+            f"module {module_name!r} has no attribute {attribute!r} (from {app_spec!r})"
+        ) from None

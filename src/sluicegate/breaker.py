@@ -27,7 +27,6 @@ more than a bucket (``window / 10`` seconds) count into different buckets.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import functools
 import inspect
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from sluicegate._offload import to_thread
 from sluicegate.breaker_state import (
     MAX_DURATION,
     Admission,
@@ -175,7 +175,7 @@ class Breaker:
         self.release(ticket, exc)
 
     async def __aenter__(self) -> Breaker:
-        ticket = await asyncio.to_thread(self.acquire)
+        ticket = await to_thread(self.acquire)
         self._tickets.set((*self._tickets.get(), ticket))
         return self
 
@@ -187,7 +187,7 @@ class Breaker:
     ) -> None:
         *rest, ticket = self._tickets.get()
         self._tickets.set(tuple(rest))
-        await asyncio.to_thread(self.release, ticket, exc)
+        await to_thread(self.release, ticket, exc)
 
     @overload
     def __call__(

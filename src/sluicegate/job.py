@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from sluicegate import codec
+from sluicegate._offload import to_thread
 from sluicegate.errors import JobCancelled, JobFailed, JobNotFound, JobTimeout
 from sluicegate.store import JobRecord, JobState
 
@@ -68,7 +68,7 @@ class Job(Generic[R]):
 
     async def arefresh(self) -> JobRecord:
         """Read the job's record again without blocking the event loop."""
-        return await asyncio.to_thread(self.refresh)
+        return await to_thread(self.refresh)
 
     def wait(self, timeout: float | None = None) -> JobRecord:
         """Block until the job is final; raise ``JobTimeout`` after ``timeout`` seconds."""
@@ -91,6 +91,8 @@ class Job(Generic[R]):
 
     async def await_final(self, timeout: float | None = None) -> JobRecord:
         """Wait until the job is final without blocking the event loop; see :meth:`wait`."""
+        import asyncio  # Here, so that sync callers never load it.
+
         deadline = None if timeout is None else time.monotonic() + timeout
         loop = asyncio.get_running_loop()
         listener = self.app.backend.result_listener()
@@ -144,7 +146,7 @@ class Job(Generic[R]):
 
     async def acancel(self) -> JobState:
         """Cancel the job without blocking the event loop; see :meth:`cancel`."""
-        return await asyncio.to_thread(self.cancel)
+        return await to_thread(self.cancel)
 
     def _outcome(self, record: JobRecord) -> Any:
         if record.state is JobState.SUCCEEDED:

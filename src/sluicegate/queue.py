@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from sluicegate._offload import to_thread
 from sluicegate.broker import Action, DeadLetter, QueueStats, Settlement
 from sluicegate.errors import DecodeError, LeaseLost, SluicegateError
 from sluicegate.message import Delivery, OutgoingMessage, decode_payload, encode_payload, new_id
@@ -120,7 +120,7 @@ class Queue:
         self, payload: Any, delay: float | dt.timedelta | None = None, priority: int = 0
     ) -> str:
         """Publish without blocking the event loop; see :meth:`publish`."""
-        return await asyncio.to_thread(self.publish, payload, delay, priority)
+        return await to_thread(self.publish, payload, delay, priority)
 
     def consume(
         self,

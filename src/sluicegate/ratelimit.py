@@ -28,7 +28,6 @@ whose clock is ahead refills the bucket early by the difference.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 import time
@@ -37,6 +36,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from sluicegate._offload import to_thread
 from sluicegate._shared_value import MAX_UPDATE_ATTEMPTS, resolve_store, update_value
 from sluicegate.errors import ConfigurationError, StoreUnavailable
 from sluicegate.store import Store
@@ -285,7 +285,7 @@ class RateLimiter:
 
     async def atry_acquire(self) -> float:
         """Run :meth:`try_acquire` in a thread, so the event loop is never blocked."""
-        return await asyncio.to_thread(self.try_acquire)
+        return await to_thread(self.try_acquire)
 
     def reserve(self, max_wait: float, take_turn: bool = False) -> tuple[bool, float]:
         """Take the next token if it is due within ``max_wait`` seconds.
@@ -320,7 +320,7 @@ class RateLimiter:
 
     async def areserve(self, max_wait: float) -> tuple[bool, float]:
         """Run :meth:`reserve` in a thread, so the event loop is never blocked."""
-        return await asyncio.to_thread(self.reserve, max_wait)
+        return await to_thread(self.reserve, max_wait)
 
     def state(self) -> RateLimitSnapshot:
         """Return the bucket as read from the store now, refilled up to now."""

@@ -57,7 +57,6 @@ into different buckets.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import random
@@ -68,6 +67,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from sluicegate._offload import to_thread
 from sluicegate._shared_value import MAX_UPDATE_ATTEMPTS, resolve_store, update_value
 from sluicegate.breaker_state import MAX_DURATION, MIN_DURATION
 from sluicegate.errors import ConfigurationError, StoreUnavailable
@@ -284,7 +284,7 @@ class RetryBudget:
 
     async def aflush(self) -> int:
         """Run :meth:`flush` in a thread, so the event loop is never blocked."""
-        return await asyncio.to_thread(self.flush)
+        return await to_thread(self.flush)
 
     def admit_retry(self, delay: float) -> float:
         """Count a retry requested ``delay`` seconds from now; return the delay to schedule it with.
@@ -321,7 +321,7 @@ class RetryBudget:
 
     async def aadmit_retry(self, delay: float) -> float:
         """Run :meth:`admit_retry` in a thread, so the event loop is never blocked."""
-        return await asyncio.to_thread(self.admit_retry, delay)
+        return await to_thread(self.admit_retry, delay)
 
     # -- inspecting
 

@@ -27,7 +27,6 @@ epoch, so fire times stay the same when a scheduler restarts.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, cast, overload
@@ -284,6 +283,8 @@ class Schedule:
     @property
     def fingerprint(self) -> str:
         """A digest of the rule's definition (cron string or interval, and time zone)."""
+        import hashlib  # Here: hashlib loads OpenSSL, which most workers never need.
+
         return hashlib.sha256(self.rule.definition.encode()).hexdigest()[:16]
 
     def idempotency_key(self, fire: dt.datetime) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import inspect
 import time
@@ -10,6 +9,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
+from sluicegate._offload import to_thread
 from sluicegate.errors import ConfigurationError, InvalidArguments
 from sluicegate.message import OutgoingMessage, encode_task_call, new_id
 from sluicegate.ratelimit import Rate
@@ -133,7 +133,7 @@ class Task(Generic[P, R]):
         new = self.prepare(
             args, kwargs, delay, eta, priority, idempotency_key, retries, callback_url
         )
-        jobs = await asyncio.to_thread(self.app._submit, self, [new])
+        jobs = await to_thread(self.app._submit, self, [new])
         return jobs[0]
 
     def enqueue_many(
@@ -166,9 +166,7 @@ class Task(Generic[P, R]):
     ) -> list[Job[R]]:
         """Enqueue many calls without blocking the event loop; see :meth:`enqueue_many`."""
         calls = list(calls)
-        return await asyncio.to_thread(
-            self.enqueue_many, calls, delay=delay, eta=eta, priority=priority
-        )
+        return await to_thread(self.enqueue_many, calls, delay=delay, eta=eta, priority=priority)
 
     def prepare(
         self,

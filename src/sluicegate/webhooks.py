@@ -22,8 +22,6 @@ Redirects are not followed, so an allowed host cannot redirect elsewhere.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import os
 import time
@@ -109,6 +107,9 @@ class WebhookPolicy:
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
     """Return the ``Sluicegate-Signature`` header value for ``body`` sent at ``timestamp``."""
+    import hashlib  # Here: hashlib loads OpenSSL, which a worker without webhooks never needs.
+    import hmac
+
     mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
     return f"t={timestamp},v1={mac.hexdigest()}"
 
@@ -122,6 +123,8 @@ def verify(secret: str, header: str, body: bytes, now: float | None = None) -> b
     now = time.time() if now is None else now
     if abs(now - int(timestamp)) > SIGNATURE_TOLERANCE:
         return False
+    import hmac
+
     expected = sign(secret, int(timestamp), body)
     return hmac.compare_digest(expected, header.strip())
 

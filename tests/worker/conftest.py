@@ -46,17 +46,28 @@ def make_app(tmp_path: Path) -> Iterator[MakeApp]:
 
 
 @pytest.fixture
-def start_worker(request: pytest.FixtureRequest, make_app: MakeApp) -> Iterator[StartWorker]:
+def worker_loop(request: pytest.FixtureRequest) -> str:
+    """The worker's ``--loop``: ``auto`` unless a test parametrizes it (indirectly)."""
+    return str(getattr(request, "param", "auto"))
+
+
+@pytest.fixture
+def start_worker(
+    request: pytest.FixtureRequest, make_app: MakeApp, worker_loop: str
+) -> Iterator[StartWorker]:
     """Return a factory: ``start_worker(module, *args, ready=True)`` runs a worker.
 
     With ``ready`` it waits until the worker logs that it started, which it
-    does after binding its wake-up socket. It depends on ``make_app`` so that
+    does after binding its wake-up socket. A test that parametrizes
+    ``worker_loop`` runs its workers with that ``--loop``. It depends on ``make_app`` so that
     the workers are killed before the app modules are unloaded.
     """
     started: list[WorkerProcess] = []
     request.node.stash[WORKERS_KEY] = started
 
     def start(module: AppModule, *args: str, ready: bool = True) -> WorkerProcess:
+        if worker_loop != "auto":
+            args = ("--loop", worker_loop, *args)
         worker = start_worker_process(module, args, len(started))
         started.append(worker)
         if ready:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import select
@@ -22,6 +21,7 @@ import socket
 import tempfile
 import threading
 import time
+import zlib
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,10 @@ RACY_LISTING_NS = 50_000_000
 
 def channel_dir(database_path: str) -> str:
     """Return the directory of wake-up sockets for one database file."""
-    digest = hashlib.sha256(os.path.realpath(database_path).encode()).hexdigest()[:20]
+    # Two checksums rather than hashlib, which would load OpenSSL into every worker.
+    # Two paths that shared a name would only wake each other's workers needlessly.
+    path = os.path.realpath(database_path).encode()
+    digest = f"{zlib.crc32(path):08x}{zlib.adler32(path):08x}"
     return os.path.join(tempfile.gettempdir(), f"sluicegate-wake-{digest}")
 
 

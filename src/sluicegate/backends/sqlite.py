@@ -111,6 +111,13 @@ def parse_path(url: str) -> str:
     return path
 
 
+#: Page cache of each connection, in KiB (SQLite's default is 2,000). The
+#: operating system caches the file too, so a smaller cache costs few reads:
+#: with 512 KiB a worker drained as fast as with the default and peaked
+#: 1.5 MiB lower (benchmarks/sqlite_vs_huey.py).
+PAGE_CACHE_KIB = 512
+
+
 class SQLiteBackend(ExchangeShortcuts):
     """Broker and store on one SQLite database file.
 
@@ -182,6 +189,7 @@ class SQLiteBackend(ExchangeShortcuts):
             ) from exc
         conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
         conn.execute("PRAGMA foreign_keys=OFF")
+        conn.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
         with self._connections_lock:
             self._connections.append(conn)
         return conn

@@ -10,9 +10,8 @@ from typing import Any, TypeVar
 
 import click
 
-from sluicegate.app import App
+from sluicegate.app import App, load_app
 from sluicegate.errors import SluicegateError
-from sluicegate.worker.pools import load_app
 
 F = TypeVar("F", bound=Callable[..., Any])
 

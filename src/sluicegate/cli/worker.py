@@ -6,12 +6,13 @@ import logging
 import os
 import sys
 import threading
+from typing import Any
 
 import click
 
 from sluicegate.cli._common import import_app
 from sluicegate.scheduler import Scheduler
-from sluicegate.worker import Worker
+from sluicegate.worker import needs_event_loop, worker_class
 from sluicegate.worker.metrics import WorkerMetrics
 
 
@@ -51,6 +52,16 @@ from sluicegate.worker.metrics import WorkerMetrics
     help="Also run the scheduler in this process, so it enqueues the app's periodic tasks.",
 )
 @click.option(
+    "--loop",
+    "loop_kind",
+    type=click.Choice(["auto", "asyncio", "threads"]),
+    default="auto",
+    show_default=True,
+    help="What drives the worker. asyncio serves every pool; threads serves sync "
+    "thread-pool tasks only, without asyncio, in a smaller process; auto picks threads "
+    "when no task of the app is async or pool='process'.",
+)
+@click.option(
     "--metrics-port",
     default=None,
     type=click.IntRange(1, 65535),
@@ -63,16 +74,18 @@ def worker(
     processes: int | None,
     grace: float,
     with_scheduler: bool,
+    loop_kind: str,
     metrics_port: int | None,
 ) -> None:
     """Run a worker for the app APP_MODULE:APP until SIGTERM or SIGINT."""
     app = import_app(app_spec)
+    driver = _driver(app, loop_kind)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     metrics = None if metrics_port is None else WorkerMetrics(metrics_port)
     scheduler = Scheduler(app) if with_scheduler else None
     if scheduler is not None:
         scheduler.start()
-    code = Worker(
+    code = driver(
         app,
         queues=names,
         concurrency=concurrency,
@@ -91,3 +104,18 @@ def worker(
         # its result is discarded, so exit without waiting for it.
         os._exit(code)
     sys.exit(code)
+
+
+def _driver(app: Any, loop_kind: str) -> Any:
+    """Return the worker class for ``--loop``; refuse threads for an app that needs a loop."""
+    if loop_kind == "asyncio":
+        from sluicegate.worker.worker import Worker
+
+        return Worker
+    if loop_kind == "threads" and needs_event_loop(app):
+        tasks = sorted(t.name for t in app.tasks.values() if t.options.pool != "thread")
+        raise click.UsageError(
+            f"--loop threads runs sync thread-pool tasks only, and these tasks are async or "
+            f"pool='process': {', '.join(tasks)}; use --loop asyncio or auto"
+        )
+    return worker_class(app)

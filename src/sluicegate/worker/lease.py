@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sluicegate.worker.worker import Running, Worker
+    from sluicegate.worker.core import Running, WorkerCore
 
 logger = logging.getLogger(__name__)
 
@@ -22,29 +21,31 @@ EXTEND_BELOW = 2 / 3
 class Heartbeat:
     """Extends leases before they expire and forwards cancel requests to running jobs.
 
-    An async job whose cancellation is requested is cancelled on the loop. A
-    sync job sees ``job_context().cancelled`` turn true and decides itself.
+    :meth:`beat` makes blocking backend calls, so a worker runs it where its
+    other backend calls run. A sync job sees ``job_context().cancelled``
+    turn true and decides itself; the worker cancels an async job on its loop.
     """
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: WorkerCore) -> None:
         self.worker = worker
         self.interval = min(MAX_INTERVAL, worker.lease / 4)
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            entries = [e for e in self.worker.running.values() if e.context is not None]
-            if not entries:
-                continue
-            try:
-                await self._forward_cancels(entries)
-                await self._extend(entries)
-            except Exception:
-                logger.exception("heartbeat failed worker=%s", self.worker.name)
+    def beat(self, entries: list[Running]) -> list[Running]:
+        """Extend the leases due among ``entries``; return those newly asked to cancel."""
+        if not entries:
+            return []
+        try:
+            cancelled = self._forward_cancels(entries)
+            self._extend(entries)
+        except Exception:
+            logger.exception("heartbeat failed worker=%s", self.worker.name)
+            return []
+        return cancelled
 
-    async def _forward_cancels(self, entries: list[Running]) -> None:
+    def _forward_cancels(self, entries: list[Running]) -> list[Running]:
         ids = [e.delivery.message_id for e in entries]
-        requested = await self.worker._call(self.worker.backend.cancel_requests, ids)
+        requested = self.worker.backend.cancel_requests(ids)
+        cancelled = []
         for entry in entries:
             context = entry.context
             if entry.delivery.message_id not in requested or context is None:
@@ -53,10 +54,10 @@ class Heartbeat:
                 continue
             context.request_cancel()
             logger.info("job cancel requested job_id=%s task=%s", context.job_id, context.task)
-            if entry.task is not None and entry.task.options.pool == "async" and entry.handle:
-                entry.handle.cancel()
+            cancelled.append(entry)
+        return cancelled
 
-    async def _extend(self, entries: list[Running]) -> None:
+    def _extend(self, entries: list[Running]) -> None:
         now = time.time()
         due = []
         for entry in entries:
@@ -65,7 +66,7 @@ class Heartbeat:
                 due.append((entry, lease))
         for lease in {lease for _, lease in due}:
             batch = [entry.delivery for entry, entry_lease in due if entry_lease == lease]
-            held = await self.worker._call(self.worker.backend.extend, batch, lease)
+            held = self.worker.backend.extend(batch, lease)
             for delivery, ok in zip(batch, held, strict=True):
                 if not ok:
                     logger.warning(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import signal
@@ -23,6 +22,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from sluicegate.app import load_app
 from sluicegate.context import JobContext
 from sluicegate.errors import ConfigurationError
 from sluicegate.message import decode_task_call
@@ -159,22 +159,6 @@ class ProcessPool:
                 child.process.join(STOP_GRACE)
             child.conn.close()
         self._started = 0
-
-
-def load_app(app_spec: str) -> Any:
-    """Import ``module:attribute`` and return the attribute (an App)."""
-    module_name, _, attribute = app_spec.partition(":")
-    if not module_name or not attribute:
-        raise ConfigurationError(
-            f"invalid app {app_spec!r}; expected MODULE:ATTRIBUTE, e.g. myapp:app"
-        )
-    module = importlib.import_module(module_name)
-    try:
-        return getattr(module, attribute)
-    except AttributeError:
-        raise ConfigurationError(
-            f"module {module_name!r} has no attribute {attribute!r} (from {app_spec!r})"
-        ) from None
 
 
 def _child_main(app_spec: str, sys_path: list[str], conn: Connection) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,11 @@ class Shutdown:
         self.giving_back = True
 
     def _handle(self, signum: int, on_signal: Callable[[], None]) -> None:
+        self.on_signal(signum)
+        on_signal()
+
+    def on_signal(self, signum: int) -> None:
+        """Move one step on: stop reserving, or, if that was asked already, give back."""
         name = signal.Signals(signum).name
         if not self.requested:
             logger.info("stop requested signal=%s grace_s=%g", name, self.grace)
@@ -51,4 +59,3 @@ class Shutdown:
         else:
             logger.warning("second stop signal, giving running jobs back now signal=%s", name)
             self.giving_back = True
-        on_signal()
