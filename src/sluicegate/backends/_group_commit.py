@@ -15,7 +15,8 @@ arrive while the leader works wait for it. When it finishes, the first of
 them leads the next batch, so no thread keeps doing the work of others.
 
 A lone caller leads a batch of one at once and pays for two uncontended
-lock acquisitions; nothing waits for company.
+lock acquisitions; nothing waits for company. Its transaction has no
+savepoint, since rolling it back whole undoes the same writes.
 """
 
 from __future__ import annotations
@@ -105,6 +106,9 @@ class GroupCommit:
 
     def _commit(self, batch: list[_Call[Any]]) -> None:
         now = self._clock()
+        if len(batch) == 1:
+            self._commit_one(batch[0], now)
+            return
         try:
             with self._write() as conn:
                 for call in batch:
@@ -122,3 +126,15 @@ class GroupCommit:
                 raise
             return
         self._after_commit(any(call.ready and call.error is None for call in batch))
+
+    def _commit_one(self, call: _Call[Any], now: float) -> None:
+        """Commit a batch of one without a savepoint: its error rolls back the transaction."""
+        try:
+            with self._write() as conn:
+                call.result, call.ready = call.work(conn, now)
+        except BaseException as exc:
+            call.error = exc
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._after_commit(call.ready)
