@@ -11,6 +11,11 @@ Adding a backend means adding one factory here and one branch in
 ``BackendTarget.open``. The backend must accept ``clock=callable``, because
 the suite moves time forward instead of sleeping.
 
+``SESSION_FACTORIES`` lists backends whose server a session fixture starts,
+such as the private Redis Cluster. Only the conformance suite runs them: its
+``backend`` fixture requests the named fixture and passes its value to the
+factory.
+
 This module is imported by name (not as a conftest) so that producer
 processes started with the ``spawn`` method can unpickle a target.
 """
@@ -25,6 +30,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sluicegate.backends._wakeup import channel_dir
 from sluicegate.backends.base import Backend
@@ -168,6 +174,24 @@ FACTORIES: dict[str, Callable[[Path], BackendTarget]] = {
     "sqlite": sqlite_target,
     "redis": redis_target,
     "postgresql": postgresql_target,
+}
+
+
+def redis_cluster_target(cluster: Any) -> BackendTarget:
+    """Return a fresh prefix on the private cluster, in a URL that names only its first node.
+
+    ``cluster`` is the ``PrivateRedisCluster`` of the ``redis_cluster``
+    fixture. The prefix's slot lands on any of its masters, so most tests
+    reach their master through the slot map of another node.
+    """
+    prefix = f"sgtest-{uuid.uuid4().hex[:12]}"
+    return BackendTarget("redis", cluster.url(prefix))
+
+
+#: Backend name to the session fixture it needs and the factory of a fresh target
+#: from that fixture's value.
+SESSION_FACTORIES: dict[str, tuple[str, Callable[[Any], BackendTarget]]] = {
+    "redis-cluster": ("redis_cluster", redis_cluster_target),
 }
 
 

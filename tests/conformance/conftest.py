@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conformance_backends import FACTORIES, BackendTarget, BackendUnavailable, FakeClock
+from conformance_backends import (
+    FACTORIES,
+    SESSION_FACTORIES,
+    BackendTarget,
+    BackendUnavailable,
+    FakeClock,
+)
 
+from backends.redis.cluster import ClusterUnavailable, PrivateRedisCluster, shared_cluster
 from sluicegate.backends.base import Backend
 
 TARGET_KEY = pytest.StashKey[BackendTarget]()
@@ -19,16 +27,36 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=sorted(FACTORIES))
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedisCluster]:
+    """The private three-master Redis Cluster of this test process.
+
+    Raises ``BackendUnavailable`` without the ``redis-server`` binary.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            cluster = stack.enter_context(
+                shared_cluster(lambda: tmp_path_factory.mktemp("redis-cluster"))
+            )
+        except ClusterUnavailable as exc:
+            raise BackendUnavailable(str(exc)) from None
+        yield cluster
+
+
+@pytest.fixture(params=[*sorted(FACTORIES), *sorted(SESSION_FACTORIES)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Backend]:
-    """A fresh backend of each kind in ``FACTORIES``, reading time from ``clock``.
+    """A fresh backend of each kind in ``FACTORIES`` and ``SESSION_FACTORIES``, on ``clock``.
 
     A backend whose server is missing is skipped, or fails the test when the
     ``CI`` environment variable is set, because CI must run every backend.
     """
     name = request.param
     try:
-        target = FACTORIES[name](tmp_path)
+        if name in SESSION_FACTORIES:
+            fixture, factory = SESSION_FACTORIES[name]
+            target = factory(request.getfixturevalue(fixture))
+        else:
+            target = FACTORIES[name](tmp_path)
     except BackendUnavailable as exc:
         if os.environ.get("CI"):
             pytest.fail(f"{name} backend unavailable, and CI runs every backend: {exc}")

@@ -18,7 +18,7 @@ def open_backend(url: str, **options: Any) -> Backend:
         from sluicegate.backends.sqlite import SQLiteBackend, parse_path
 
         return SQLiteBackend(parse_path(url), **options)
-    if scheme in ("redis", "rediss", "redis+sentinel"):
+    if scheme in ("redis", "rediss", "redis+sentinel", "redis+cluster", "rediss+cluster"):
         try:
             from sluicegate.backends.redis import RedisBackend
         except ImportError as exc:

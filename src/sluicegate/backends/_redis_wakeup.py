@@ -13,6 +13,11 @@ Redis socket is replaced when the connection is re-established: the worker's
 ``loop.add_reader(listener.fileno())`` stays valid across a server restart.
 After each reconnect the thread wakes every waiter too, since a message
 published while it was away is lost and the caller must look for work.
+
+The hub subscribes through the backend's route, so on a cluster it listens on
+the master of the prefix's slot. After losing that connection it takes the
+route's current client again, which is the new master after a failover. A cluster forwards
+every ``PUBLISH`` to all its nodes, so any node would receive the messages.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 import redis
 
 from sluicegate.backends._pipe_waiter import PipeWaiter
+from sluicegate.backends._redis_route import Route
 
 logger = logging.getLogger(__name__)
 
@@ -48,19 +54,24 @@ class ChannelHub:
     the calling thread and raises ``redis.ConnectionError`` if that fails.
     """
 
-    def __init__(self, client: redis.Redis, channel: str, address: str) -> None:
-        self._client = client
+    def __init__(self, route: Route, channel: str, address: str) -> None:
+        self._route = route
         self._channel = channel
         self._address = address
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._waiters: set[PipeWaiter] = set()
         self._pubsub: Any = None
+        #: The client whose connection ``_pubsub`` uses, reported to the route when it fails.
+        self._source: redis.Redis | None = None
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
 
-    def subscribe(self) -> PipeWaiter:
+    def subscribe(self, client: redis.Redis) -> PipeWaiter:
         """Return a waiter woken by each message on the channel; the caller closes it.
+
+        ``client`` is the route's current client, used if the hub has no
+        subscription yet.
 
         The channel is subscribed when this returns, so a message published
         after that wakes the waiter (or, if the connection drops first, the
@@ -74,7 +85,7 @@ class ChannelHub:
                 self._pid, self._thread, self._pubsub = os.getpid(), None, None
                 self._waiters.clear()
             if self._thread is None:
-                self._pubsub = self._subscribe()
+                self._pubsub = self._subscribe(client)
                 self._thread = threading.Thread(
                     target=self._run, name=f"sluicegate-sub-{self._channel}", daemon=True
                 )
@@ -102,8 +113,9 @@ class ChannelHub:
             thread.join(READ_TIMEOUT + 1.0)
         self._discard()
 
-    def _subscribe(self) -> Any:
-        pubsub = self._client.pubsub()
+    def _subscribe(self, client: redis.Redis) -> Any:
+        self._source = client
+        pubsub = client.pubsub()
         try:
             pubsub.subscribe(self._channel)
             for _ in range(100):  # A new connection sends only the confirmation, but bound it.
@@ -131,7 +143,7 @@ class ChannelHub:
         while not self._closed.is_set():
             try:
                 if self._pubsub is None:
-                    self._pubsub = self._subscribe()
+                    self._pubsub = self._subscribe(self._route.client())
                     logger.info(
                         "redis subscription restored address=%s channel=%s",
                         self._address,
@@ -152,6 +164,7 @@ class ChannelHub:
                         self._channel,
                         str(exc)[:200],
                     )
+                self._route.failed(self._source)
                 self._discard()
                 self._closed.wait(random.uniform(backoff / 2, backoff))
                 backoff = min(backoff * 2, MAX_BACKOFF)

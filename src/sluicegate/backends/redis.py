@@ -1,4 +1,5 @@
-"""Broker and store on Redis: ``redis://``, ``rediss://`` and ``redis+sentinel://`` URLs.
+"""Broker and store on Redis: ``redis://``, ``rediss://``, ``redis+sentinel://`` and
+``redis+cluster://`` URLs.
 
 Layout: sorted sets and hashes, listed in :mod:`sluicegate.backends.redis_keys`.
 A queue keeps its ready messages in one sorted set per priority, scored by
@@ -38,12 +39,25 @@ keeps its reply for a minute, so a retried call returns the deliveries of the
 first one instead of leasing more.
 
 Cluster: all keys of one prefix share one hash slot (see the key module), so
-the scripts run on Redis Cluster too, without sharding a prefix.
+the scripts run on Redis Cluster too, without sharding a prefix. A
+``redis+cluster://`` URL names some of the cluster's nodes, and the backend
+talks only to the master that owns the prefix's slot. It finds that master in
+the slot map and switches to the node that a ``MOVED`` reply names. After a
+lost connection or a ``CLUSTERDOWN``, ``TRYAGAIN`` or ``ASK`` reply it reads
+the map again, within the same retry window as a lost connection.
+:mod:`sluicegate.backends._redis_route` explains why it does not use redis-py's
+cluster client. A cluster thus gives a prefix failover to a replica, and
+separate prefixes spread over the masters.
+
+Move a prefix's slot to another master only while no process uses the
+prefix. Redis migrates a slot key by key, and a script that runs meanwhile
+fails on the first key that already moved but keeps the writes it made before.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import random
@@ -55,6 +69,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -62,6 +77,13 @@ from sluicegate.backends import redact
 from sluicegate.backends._exchange import ExchangeShortcuts
 from sluicegate.backends._pipe_waiter import PipeWaiter
 from sluicegate.backends._redis_packer import command_packer
+from sluicegate.backends._redis_route import (
+    CLUSTER_SCHEMES,
+    ClusterRoute,
+    FixedRoute,
+    Route,
+    parse_cluster_url,
+)
 from sluicegate.backends._redis_wakeup import ChannelHub
 from sluicegate.backends.redis_keys import DEFAULT_PREFIX, JOB_FIELDS, Keys
 from sluicegate.backends.redis_scripts import (
@@ -111,18 +133,34 @@ MAX_BACKOFF = 2.0
 #: After the first failed attempt, log every this many further ones.
 LOG_EVERY_ATTEMPTS = 10
 
+#: ``MOVED`` replies that a command follows at once. Past them it waits with backoff,
+#: because nodes that redirect to each other do not agree on the slot's owner yet.
+MAX_REDIRECTS = 5
+
+#: Errors after which a command is retried: a lost connection, and a cluster that is
+#: failing over (``CLUSTERDOWN``, ``MASTERDOWN``) or migrating the slot (``TRYAGAIN``, ``ASK``).
+RETRIED_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    AskError,
+)
+
 #: Job records read per round trip in ``get_jobs`` and records purged per script call.
 BATCH = 500
 
-SCHEMES = ("redis", "rediss", "redis+sentinel")
+SCHEMES = ("redis", "rediss", "redis+sentinel", *CLUSTER_SCHEMES)
 
 
 class RedisBackend(ExchangeShortcuts):
-    """Broker and store on one Redis server (or Sentinel-managed primary).
+    """Broker and store on one Redis server, Sentinel-managed primary or cluster master.
 
     Parameters:
       url: ``redis://[[user]:password@]host:port/db``, ``rediss://...`` for TLS,
-        or ``redis+sentinel://[:password@]host:port[,host:port...]/service/db``.
+        ``redis+sentinel://[:password@]host:port[,host:port...]/service/db``, or
+        ``redis+cluster://[[user]:password@]host:port[,host:port...][/0]``
+        (``rediss+cluster://`` for TLS) for some nodes of a Redis Cluster.
         A ``prefix`` query parameter sets the key prefix; other query
         parameters go to redis-py (e.g. ``?socket_timeout=5``).
       prefix: the key prefix if the URL names none (default ``sluicegate``).
@@ -150,12 +188,12 @@ class RedisBackend(ExchangeShortcuts):
         self.reconnect_timeout = reconnect_timeout
         self.durable = durable
         self.address = describe(url)
-        self._client = connect(url, socket_timeout)
+        self._route = connect(url, socket_timeout, self.layout.tag)
         self._routing = [self.layout.queues]
         self._hubs: dict[str, ChannelHub] = {}
         self._hubs_lock = threading.Lock()
         self._scripts = {
-            name: self._client.register_script(source)
+            name: LuaScript(source)
             for name, source in (
                 ("enqueue", ENQUEUE),
                 ("exchange", EXCHANGE),
@@ -180,48 +218,84 @@ class RedisBackend(ExchangeShortcuts):
 
     # -- connection
 
-    def _retrying(self, operation: Callable[[], T]) -> T:
-        """Run ``operation``, retrying with backoff while the server is unreachable."""
+    @property
+    def _client(self) -> redis.Redis:
+        """The client of the server in use now (on a cluster, of the prefix's master)."""
+        return self._route.client()
+
+    def _retrying(self, operation: Callable[[redis.Redis], T]) -> T:
+        """Run ``operation`` on the current client, retrying while the server is unavailable.
+
+        A lost connection or a cluster error (see ``RETRIED_ERRORS``) is
+        retried with backoff until ``reconnect_timeout`` has passed, and then
+        raises ``StoreUnavailable``. A ``MOVED`` reply switches a cluster route
+        to the node it names and is retried at once.
+        """
         deadline = time.monotonic() + self.reconnect_timeout
         delay = MIN_BACKOFF
         failures = 0
+        redirects = 0
         while True:
+            client: redis.Redis | None = None
             try:
-                result = operation()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                failures += 1
-                if time.monotonic() + delay > deadline:
-                    raise StoreUnavailable(
-                        f"Redis at {self.address} unreachable for "
-                        f"{self.reconnect_timeout:g}s: {_brief(exc)}"
-                    ) from exc
-                if failures == 1 or failures % LOG_EVERY_ATTEMPTS == 0:
-                    logger.warning(
-                        "redis connection lost, reconnecting address=%s attempt=%d "
-                        "delay_s=%.2f error=%s",
+                client = self._route.client()
+                result = operation(client)
+            except MovedError as exc:
+                assert client is not None
+                self._route.moved(client, exc)
+                redirects += 1
+                if redirects <= MAX_REDIRECTS:
+                    continue
+                error: redis.RedisError = exc
+            except RETRIED_ERRORS as exc:
+                self._route.failed(client)
+                error = exc
+            else:
+                if failures:
+                    logger.info(
+                        "redis connection restored address=%s failed_attempts=%d",
                         self.address,
                         failures,
-                        delay,
-                        _brief(exc),
                     )
-                time.sleep(random.uniform(delay / 2, delay))
-                delay = min(delay * 2, MAX_BACKOFF)
-                continue
-            if failures:
-                logger.info(
-                    "redis connection restored address=%s failed_attempts=%d",
-                    self.address,
-                    failures,
-                )
-            return result
+                return result
+            failures += 1
+            self._wait_to_retry(error, failures, delay, deadline)
+            delay = min(delay * 2, MAX_BACKOFF)
+
+    def _wait_to_retry(
+        self, error: redis.RedisError, failures: int, delay: float, deadline: float
+    ) -> None:
+        """Sleep about ``delay`` seconds before the next attempt, or raise past ``deadline``."""
+        if time.monotonic() + delay > deadline:
+            raise StoreUnavailable(
+                f"Redis at {self.address} unreachable for "
+                f"{self.reconnect_timeout:g}s: {_brief(error)}"
+            ) from error
+        if failures == 1 or failures % LOG_EVERY_ATTEMPTS == 0:
+            if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
+                event = "redis connection lost, reconnecting"
+            else:
+                event = "redis cluster unavailable, retrying"
+            logger.warning(
+                "%s address=%s attempt=%d delay_s=%.2f error=%s",
+                event,
+                self.address,
+                failures,
+                delay,
+                _brief(error),
+            )
+        time.sleep(random.uniform(delay / 2, delay))
 
     def _run(self, script: str, args: Sequence[Any]) -> Any:
         call = self._scripts[script]
-        return self._retrying(lambda: call(keys=self._routing, args=[self.layout.tag, *args]))
+        script_args = [self.layout.tag, *args]
+        return self._retrying(
+            lambda client: call(keys=self._routing, args=script_args, client=client)
+        )
 
     def ping(self) -> None:
         """Raise if the server cannot be reached (after the reconnect window)."""
-        self._retrying(self._client.ping)
+        self._retrying(lambda client: client.ping())
 
     def close(self) -> None:
         """Close every connection this backend opened."""
@@ -229,8 +303,7 @@ class RedisBackend(ExchangeShortcuts):
             hubs, self._hubs = list(self._hubs.values()), {}
         for hub in hubs:
             hub.close()
-        self._client.close()
-        self._client.connection_pool.disconnect()
+        self._route.close()
 
     # -- enqueue
 
@@ -362,7 +435,7 @@ class RedisBackend(ExchangeShortcuts):
 
     def get_job(self, job_id: str) -> JobRecord | None:
         now = self.clock()
-        fields = self._retrying(lambda: self._client.hmget(self.layout.job(job_id), JOB_FIELDS))
+        fields = self._retrying(lambda client: client.hmget(self.layout.job(job_id), JOB_FIELDS))
         return _job_from_fields(job_id, fields, now)
 
     def get_jobs(self, job_ids: Sequence[str]) -> list[JobRecord]:
@@ -377,8 +450,8 @@ class RedisBackend(ExchangeShortcuts):
                     records.append(record)
         return records
 
-    def _read_jobs(self, job_ids: Sequence[str]) -> list[Any]:
-        pipeline = self._client.pipeline(transaction=False)
+    def _read_jobs(self, job_ids: Sequence[str], client: redis.Redis) -> list[Any]:
+        pipeline = client.pipeline(transaction=False)
         for job_id in job_ids:
             pipeline.hmget(self.layout.job(job_id), JOB_FIELDS)
         return pipeline.execute()
@@ -394,8 +467,8 @@ class RedisBackend(ExchangeShortcuts):
         if not job_ids:
             return set()
 
-        def read() -> list[Any]:
-            pipeline = self._client.pipeline(transaction=False)
+        def read(client: redis.Redis) -> list[Any]:
+            pipeline = client.pipeline(transaction=False)
             for job_id in job_ids:
                 pipeline.hget(self.layout.job(job_id), "cancel_requested")
             return pipeline.execute()
@@ -483,7 +556,7 @@ class RedisBackend(ExchangeShortcuts):
         with self._hubs_lock:
             hub = self._hubs.get(channel)
             if hub is None:
-                hub = self._hubs[channel] = ChannelHub(self._client, channel, self.address)
+                hub = self._hubs[channel] = ChannelHub(self._route, channel, self.address)
         return self._retrying(hub.subscribe)
 
     def next_due(self) -> float | None:
@@ -511,14 +584,14 @@ class RedisBackend(ExchangeShortcuts):
 
     def lock_holder(self, name: str) -> tuple[str, float] | None:
         holder, expires_at = self._retrying(
-            lambda: self._client.hmget(self.layout.lock(name), ["holder", "expires_at"])
+            lambda client: client.hmget(self.layout.lock(name), ["holder", "expires_at"])
         )
         if holder is None or expires_at is None or float(expires_at) <= self.clock():
             return None
         return _text(holder), float(expires_at)
 
     def get_value(self, key: str) -> bytes | None:
-        value: Any = self._retrying(lambda: self._client.get(self.layout.value(key)))
+        value: Any = self._retrying(lambda client: client.get(self.layout.value(key)))
         return None if value is None else bytes(value)
 
     def compare_and_set(self, key: str, expected: bytes | None, value: bytes | None) -> bool:
@@ -528,7 +601,7 @@ class RedisBackend(ExchangeShortcuts):
     def keys(self, prefix: str) -> list[str]:
         start = b"[" + prefix.encode()
         names = self._retrying(
-            lambda: self._client.zrangebylex(self.layout.kv_index, start, start + b"\xff")
+            lambda client: client.zrangebylex(self.layout.kv_index, start, start + b"\xff")
         )
         return sorted(_text(name) for name in names)
 
@@ -540,16 +613,37 @@ class RedisBackend(ExchangeShortcuts):
         Meant for tests and for tearing down a deployment; other prefixes
         on the same server are untouched.
         """
+        client = self._route.client()  # On a cluster, the master that stores the whole prefix.
         deleted = 0
         batch: list[Any] = []
-        for key in self._client.scan_iter(match=self.layout.pattern(), count=1000):
+        for key in client.scan_iter(match=self.layout.pattern(), count=1000):
             batch.append(key)
             if len(batch) >= 1000:
-                deleted += int(self._client.delete(*batch))
+                deleted += int(client.delete(*batch))
                 batch = []
         if batch:
-            deleted += int(self._client.delete(*batch))
+            deleted += int(client.delete(*batch))
         return deleted
+
+
+class LuaScript:
+    """A Lua script run by its SHA1 digest (``EVALSHA``) and loaded into a server that lacks it.
+
+    Unlike redis-py's ``Script``, it is bound to no client, because a cluster
+    route changes its client when the prefix's slot moves to another node.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    def __call__(self, *, keys: Sequence[Any], args: Sequence[Any], client: redis.Redis) -> Any:
+        try:
+            reply: Any = client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            client.script_load(self.source)
+            reply = client.evalsha(self.sha, len(keys), *keys, *args)
+        return reply
 
 
 def split_prefix(url: str) -> tuple[str, str | None]:
@@ -562,14 +656,28 @@ def split_prefix(url: str) -> tuple[str, str | None]:
 
 
 def describe(url: str) -> str:
-    """Return the server address of ``url`` for logs and errors, without any password."""
-    parts = urlsplit(redact(url))
-    path = parts.path or "/0"
-    return f"{parts.scheme}://{parts.hostname or 'localhost'}:{parts.port or 6379}{path}"
+    """Return the server addresses of ``url`` for logs and errors, without any password.
+
+    A URL that names several hosts (Sentinel, cluster) keeps all of them.
+    """
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2].split(",")
+    default_port = 26379 if parts.scheme == "redis+sentinel" else 6379
+    addresses = ",".join(_with_port(host or "localhost", default_port) for host in hosts)
+    return f"{parts.scheme}://{addresses}{parts.path or '/0'}"
 
 
-def connect(url: str, socket_timeout: float) -> redis.Redis:
-    """Build a client for ``url``; the backend retries failed commands itself."""
+def _with_port(host: str, default_port: int) -> str:
+    """Append ``default_port`` to a ``host`` or ``[ipv6]`` address that names no port."""
+    return f"{host}:{default_port}" if host.endswith("]") or ":" not in host else host
+
+
+def connect(url: str, socket_timeout: float, slot_key: str) -> Route:
+    """Build the route of ``url``; the backend retries failed commands itself.
+
+    ``slot_key`` is a key of the backend's prefix: on a cluster, the route
+    talks to the master that owns its slot.
+    """
     scheme = url.split("://", 1)[0]
     if scheme not in SCHEMES:
         raise ConfigurationError(f"not a Redis URL: {redact(url)!r}; expected redis://host:port/db")
@@ -582,9 +690,11 @@ def connect(url: str, socket_timeout: float) -> redis.Redis:
     packer = command_packer()
     if packer is not None:
         options["command_packer"] = packer
-    if scheme != "redis+sentinel":
-        return redis.Redis.from_url(url, **options)
-    return _sentinel_client(url, options)
+    if scheme in CLUSTER_SCHEMES:
+        return ClusterRoute(parse_cluster_url(url), slot_key, options, describe(url))
+    if scheme == "redis+sentinel":
+        return FixedRoute(_sentinel_client(url, options), describe(url))
+    return FixedRoute(redis.Redis.from_url(url, **options), describe(url))
 
 
 def _sentinel_client(url: str, options: dict[str, Any]) -> redis.Redis:

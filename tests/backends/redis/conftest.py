@@ -4,8 +4,10 @@
 default ``redis://127.0.0.1:6379/0``) with a key prefix of the test's own,
 and deletes every key under that prefix afterwards. ``private_redis`` starts
 a ``redis-server`` of the test's own on a free loopback port, which the test
-may kill and restart. Without a server (or without the ``redis-server``
-binary) a test is skipped, and fails when the ``CI`` environment variable is set.
+may kill and restart. ``redis_cluster`` is a private three-master Redis
+Cluster, started once per test process (see ``cluster.py``). Without a server
+(or without the ``redis-server`` binary) a test is skipped, and fails when the
+``CI`` environment variable is set.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from worker.support import (
     wait_until,
 )
 
+from .cluster import ClusterUnavailable, PrivateRedisCluster, shared_cluster
 from .support import RedisApps, write_redis_app_module
 
 #: The shared server the tests use, each under its own key prefix.
@@ -208,3 +211,16 @@ def _names_primary(sentinel: redis.Redis, service: str) -> bool:
         return bool(sentinel.sentinel_get_master_addr_by_name(service))
     except redis.RedisError:
         return False
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedisCluster]:
+    """The private three-master cluster of this test process, stopped when the session ends."""
+    with contextlib.ExitStack() as stack:
+        try:
+            cluster = stack.enter_context(
+                shared_cluster(lambda: tmp_path_factory.mktemp("redis-cluster"))
+            )
+        except ClusterUnavailable as exc:
+            unavailable(str(exc))
+        yield cluster
