@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from .support import (
+    APP_HEADER,
     WORKER_START_TIMEOUT,
     AppModule,
     MakeApp,
@@ -32,11 +33,11 @@ WORKERS_KEY = pytest.StashKey[list[WorkerProcess]]()
 
 @pytest.fixture
 def make_app(tmp_path: Path) -> Iterator[MakeApp]:
-    """Return a factory: ``make_app(source, lease=2.0)`` writes and imports an app module."""
+    """Return a factory: ``make_app(source, lease=2.0, header=APP_HEADER)`` imports a new app."""
     made: list[AppModule] = []
 
-    def make(source: str, lease: float = 2.0) -> AppModule:
-        module = write_app_module(tmp_path, source, lease)
+    def make(source: str, lease: float = 2.0, header: str = APP_HEADER) -> AppModule:
+        module = write_app_module(tmp_path, source, lease, header)
         made.append(module)
         return module
 

@@ -27,6 +27,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
+import pytest
+
 from sluicegate import App, JobRecord, Task
 from sluicegate.backends._wakeup import channel_dir
 from sluicegate.backends.sqlite_schema import DEAD, RESERVED
@@ -76,6 +78,33 @@ def wait_for_file(path, timeout=60.0):
         time.sleep(0.01)
 
 """
+
+#: ``APP_HEADER`` without asyncio and hashlib, for an app whose worker must not load them.
+PLAIN_APP_HEADER = APP_HEADER.replace("import asyncio\nimport hashlib\n", "")
+
+#: The ``--loop`` values that run sync thread-pool tasks: Worker's and ThreadWorker's.
+BOTH_LOOPS = ("asyncio", "threads")
+
+#: Runs a test once on each driver: its workers get ``--loop asyncio``, then ``--loop threads``.
+on_both_drivers = pytest.mark.parametrize("worker_loop", BOTH_LOOPS, indirect=True)
+
+
+def task_cases(
+    sync_source: str, sync_tasks: Iterable[str], source: str, other_tasks: Iterable[str]
+) -> list[Any]:
+    """Return ``(source, task, worker_loop)`` parameters, ids ``task-loop`` or ``task``.
+
+    Each of ``sync_tasks`` runs on an app of ``sync_source`` on both drivers, and
+    each of ``other_tasks`` (async or process-pool) on an app of ``source`` on Worker.
+    Parametrize ``worker_loop`` indirectly.
+    """
+    cases = []
+    for task in sync_tasks:
+        for loop in BOTH_LOOPS:
+            cases.append(pytest.param(sync_source, task, loop, id=f"{task}-{loop}"))
+    for task in other_tasks:
+        cases.append(pytest.param(source, task, "auto", id=task))
+    return cases
 
 
 def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
@@ -202,12 +231,14 @@ class AppModule:
         return int(rows[0][0])
 
 
-def write_app_module(directory: Path, source: str, lease: float) -> AppModule:
-    """Write an app module with the common header and ``source``, and import it."""
+def write_app_module(
+    directory: Path, source: str, lease: float, header: str = APP_HEADER
+) -> AppModule:
+    """Write an app module with ``header`` and ``source``, and import it."""
     name = f"tasks_{uuid.uuid4().hex[:12]}"
     log_path = directory / "events.log"
     url = f"sqlite:///{directory / name}.db"
-    text = APP_HEADER.format(log_path=str(log_path), url=url, lease=lease)
+    text = header.format(log_path=str(log_path), url=url, lease=lease)
     (directory / f"{name}.py").write_text(text + textwrap.dedent(source))
     if str(directory) not in sys.path:
         sys.path.insert(0, str(directory))
@@ -312,7 +343,7 @@ def text_of_size(size: int) -> str:
     return text
 
 
-#: ``make_app(source, lease=2.0)``: the factory returned by the ``make_app`` fixture.
+#: ``make_app(source, lease=2.0, header=APP_HEADER)``: the factory of the ``make_app`` fixture.
 MakeApp = Callable[..., AppModule]
 
 #: ``start_worker(module, *args, ready=True)``: the factory of the ``start_worker`` fixture.

@@ -8,9 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from .support import AppModule, MakeApp, StartWorker
+from .support import AppModule, MakeApp, StartWorker, on_both_drivers
 
-SOURCE = """
+#: Sync thread-pool tasks, which both drivers run.
+SYNC_SOURCE = """
 bounded = app.queue("bounded", max_length=100)
 
 
@@ -49,8 +50,9 @@ PER_PRODUCER = 60
 MAX_LENGTH = 100
 
 
+@on_both_drivers
 def test_bound_holds_under_producers(make_app: MakeApp, start_worker: StartWorker) -> None:
-    module = make_app(SOURCE)
+    module = make_app(SYNC_SOURCE)
     script = module.directory / "producer.py"
     script.write_text(PRODUCER)
     start_worker(module, "--concurrency", "1", "--queues", "bounded")

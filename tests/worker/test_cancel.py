@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from .support import MakeApp, StartWorker, wait_until
+from .support import MakeApp, StartWorker, on_both_drivers, task_cases, wait_until
 
-SOURCE = """
+#: Sync thread-pool tasks, which both drivers run.
+SYNC_SOURCE = """
 @app.task
 def quick() -> str:
     mark("run")
-    return "done"
-
-
-@app.task(pool="process")
-def gated_process(gate: str) -> str:
-    mark("start")
-    wait_for_file(gate)
-    mark("end")
-    return "done"
-
-
-@app.task
-async def sleeper_async() -> str:
-    mark("start")
-    await asyncio.sleep(60)
-    mark("end")
     return "done"
 
 
@@ -42,11 +27,6 @@ def polling(seconds: float) -> str:
     return "ran to the end"
 
 
-@app.task(pool="process")
-def polling_process(seconds: float) -> str:
-    return polling.fn(seconds)
-
-
 @app.task
 def ignoring(gate: str) -> str:
     mark("start")
@@ -55,9 +35,35 @@ def ignoring(gate: str) -> str:
     return "finished anyway"
 """
 
+#: Async and process-pool tasks, which only Worker runs.
+OTHER_POOLS_SOURCE = """
+@app.task(pool="process")
+def gated_process(gate: str) -> str:
+    mark("start")
+    wait_for_file(gate)
+    mark("end")
+    return "done"
 
+
+@app.task
+async def sleeper_async() -> str:
+    mark("start")
+    await asyncio.sleep(60)
+    mark("end")
+    return "done"
+
+
+@app.task(pool="process")
+def polling_process(seconds: float) -> str:
+    return polling.fn(seconds)
+"""
+
+SOURCE = SYNC_SOURCE + OTHER_POOLS_SOURCE
+
+
+@on_both_drivers
 def test_cancel_scheduled_never_runs(make_app: MakeApp, start_worker: StartWorker) -> None:
-    module = make_app(SOURCE)
+    module = make_app(SYNC_SOURCE)
     start_worker(module)
     job = module.task("quick").enqueue(delay=1.0)
     assert job.status.value == "scheduled"
@@ -73,8 +79,9 @@ def test_cancel_scheduled_never_runs(make_app: MakeApp, start_worker: StartWorke
     assert module.live_messages("default") == 0
 
 
+@on_both_drivers
 def test_cancel_queued_never_runs(make_app: MakeApp, start_worker: StartWorker) -> None:
-    module = make_app(SOURCE)
+    module = make_app(SYNC_SOURCE)
     job = module.task("quick").enqueue()
     assert job.status.value == "queued"
     assert job.cancel().value == "cancelled"
@@ -122,9 +129,15 @@ def test_cancel_running_async(make_app: MakeApp, start_worker: StartWorker) -> N
     assert module.events("end", job.id) == []
 
 
-@pytest.mark.parametrize("task", ["polling", "polling_process"])
-def test_cancel_running_sync_polls(make_app: MakeApp, start_worker: StartWorker, task: str) -> None:
-    module = make_app(SOURCE)
+@pytest.mark.parametrize(
+    ("source", "task", "worker_loop"),
+    task_cases(SYNC_SOURCE, ["polling"], SOURCE, ["polling_process"]),
+    indirect=["worker_loop"],
+)
+def test_cancel_running_sync_polls(
+    make_app: MakeApp, start_worker: StartWorker, source: str, task: str
+) -> None:
+    module = make_app(source)
     start_worker(module, "--processes", "1")
     job = module.task(task).enqueue(60.0)
     wait_until(lambda: module.events("start", job.id), 30, "the job to start")
@@ -137,8 +150,9 @@ def test_cancel_running_sync_polls(make_app: MakeApp, start_worker: StartWorker,
     assert module.events("end", job.id) == []
 
 
+@on_both_drivers
 def test_cancel_running_sync_ignored(make_app: MakeApp, start_worker: StartWorker) -> None:
-    module = make_app(SOURCE)
+    module = make_app(SYNC_SOURCE)
     worker = start_worker(module)
     gate = module.gate("release")
     job = module.task("ignoring").enqueue(str(gate))

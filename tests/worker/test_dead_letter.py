@@ -7,9 +7,10 @@ import time
 from sluicegate.message import OutgoingMessage, encode_task_call, new_id
 from sluicegate.store import NewJob
 
-from .support import MakeApp, StartWorker, wait_until
+from .support import MakeApp, StartWorker, on_both_drivers, wait_until
 
-SOURCE = """
+#: Sync thread-pool tasks, which both drivers run.
+SYNC_SOURCE = """
 @app.task
 def echo(value: str) -> str:
     mark("run")
@@ -25,8 +26,9 @@ GARBAGE = [
 ]
 
 
+@on_both_drivers
 def test_garbage_is_dead_lettered(make_app: MakeApp, start_worker: StartWorker) -> None:
-    module = make_app(SOURCE)
+    module = make_app(SYNC_SOURCE)
     app = module.app
     worker = start_worker(module)
     now = time.time()

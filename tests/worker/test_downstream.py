@@ -11,9 +11,10 @@ import time
 import pytest
 
 from .downstream import Downstream, max_in_window
-from .support import AppModule, MakeApp, StartWorker, wait_until
+from .support import AppModule, MakeApp, StartWorker, on_both_drivers, wait_until
 
-SOURCE = """
+#: Sync thread-pool tasks, which both drivers run.
+SYNC_SOURCE = """
 import urllib.error
 import urllib.request
 
@@ -64,7 +65,7 @@ RATE = 20
 
 
 def make_source(url: str) -> str:
-    return SOURCE % {
+    return SYNC_SOURCE % {
         "url": url,
         "minimum_calls": MINIMUM_CALLS,
         "half_open_calls": HALF_OPEN_CALLS,
@@ -72,6 +73,7 @@ def make_source(url: str) -> str:
     }
 
 
+@on_both_drivers
 def test_breaker_spares_a_failing_downstream(
     make_app: MakeApp, start_worker: StartWorker, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -148,8 +150,10 @@ def run_without_breaker(
 def test_rate_limit_holds_across_workers(make_app: MakeApp, start_worker: StartWorker) -> None:
     with Downstream() as server:
         module = make_app(make_source(server.url), lease=10.0)
-        for _ in range(3):
-            start_worker(module, "--concurrency", str(CONCURRENCY), "--queues", "limited")
+        # One bucket in the store, shared by a fleet that runs both drivers.
+        for loop in ("asyncio", "threads", "threads"):
+            args = ("--loop", loop, "--concurrency", str(CONCURRENCY), "--queues", "limited")
+            start_worker(module, *args)
         jobs = module.task("limited").enqueue_many(((n,), {}) for n in range(400))
         records = module.wait_final([job.id for job in jobs], timeout=120)
         times = server.times()

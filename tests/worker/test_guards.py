@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .support import MakeApp, StartWorker, wait_until
+from sluicegate import JobRecord
 
-SOURCE = """
+from .support import MakeApp, StartWorker, on_both_drivers, wait_until
+
+#: Sync thread-pool tasks, which both drivers run.
+SYNC_SOURCE = """
 from pathlib import Path
 
 FAST = Backoff(base=0.05, cap=0.1)
@@ -35,6 +38,21 @@ def call_downstream(n: int) -> int:
 def bad_input() -> None:
     mark("call")
     raise ValueError("not the downstream's fault")
+
+
+app.breaker(
+    "slow",
+    minimum_calls=3,
+    window=30,
+    reset_timeout=60,
+    failure_types=(sluicegate.errors.TaskTimeout,),
+)
+
+
+@app.task(breaker="slow", timeout=0.2, retries=0)
+def too_slow() -> None:
+    mark("call")
+    time.sleep(1.0)
 
 
 @app.task(breaker="downstream", deadline=1.0)
@@ -71,10 +89,11 @@ def set_down(module_dir: Path, down: bool) -> None:
         path.unlink(missing_ok=True)
 
 
+@on_both_drivers
 def test_open_breaker_defers_without_spending_attempts(
     make_app: MakeApp, start_worker: StartWorker
 ) -> None:
-    module = make_app(SOURCE)
+    module = make_app(SYNC_SOURCE)
     set_down(module.directory, True)
     start_worker(module, "--concurrency", "4")
     task = module.task("call_downstream")
@@ -99,8 +118,9 @@ def test_open_breaker_defers_without_spending_attempts(
     assert calls_while_down < 20
 
 
+@on_both_drivers
 def test_other_errors_do_not_open_the_breaker(make_app: MakeApp, start_worker: StartWorker) -> None:
-    module = make_app(SOURCE)
+    module = make_app(SYNC_SOURCE)
     start_worker(module, "--concurrency", "4")
     jobs = [module.task("bad_input").enqueue() for _ in range(6)]
     records = module.wait_final([job.id for job in jobs], timeout=60)
@@ -109,8 +129,9 @@ def test_other_errors_do_not_open_the_breaker(make_app: MakeApp, start_worker: S
     assert module.app.breaker("downstream").state().state.value == "closed"
 
 
+@on_both_drivers
 def test_deferral_past_deadline_fails(make_app: MakeApp, start_worker: StartWorker) -> None:
-    module = make_app(SOURCE)
+    module = make_app(SYNC_SOURCE)
     module.app.breaker("downstream").force_open(60)
     start_worker(module)
     job = module.task("urgent").enqueue()
@@ -125,8 +146,9 @@ def test_deferral_past_deadline_fails(make_app: MakeApp, start_worker: StartWork
     assert module.events("call") == []
 
 
+@on_both_drivers
 def test_job_started_after_deadline_fails(make_app: MakeApp, start_worker: StartWorker) -> None:
-    module = make_app(SOURCE)
+    module = make_app(SYNC_SOURCE)
     start_worker(module)
     job = module.task("short_lived").enqueue(delay=1.0)
     record = module.wait_final([job.id], timeout=30)[job.id]
@@ -137,8 +159,9 @@ def test_job_started_after_deadline_fails(make_app: MakeApp, start_worker: Start
     assert module.events("call") == []
 
 
+@on_both_drivers
 def test_rate_limit_spaces_attempts(make_app: MakeApp, start_worker: StartWorker) -> None:
-    module = make_app(SOURCE)
+    module = make_app(SYNC_SOURCE)
     start_worker(module, "--concurrency", "8")
     jobs = module.task("limited").enqueue_many(((n,), {}) for n in range(30))
     records = module.wait_final([job.id for job in jobs], timeout=60)
@@ -152,8 +175,9 @@ def test_rate_limit_spaces_attempts(make_app: MakeApp, start_worker: StartWorker
         assert sum(1 for t in times if start <= t < start + 1.0) <= 20
 
 
+@on_both_drivers
 def test_retry_budget_stretches_retries(make_app: MakeApp, start_worker: StartWorker) -> None:
-    module = make_app(SOURCE)
+    module = make_app(SYNC_SOURCE)
     worker = start_worker(module, "--concurrency", "8")
     jobs = module.task("always_fails").enqueue_many(((), {}) for _ in range(40))
 
@@ -168,3 +192,32 @@ def test_retry_budget_stretches_retries(make_app: MakeApp, start_worker: StartWo
     assert len(retries) <= 12
     notes = [r.note or "" for r in module.records([job.id for job in jobs]).values()]
     assert any("by the retry budget of queue flaky" in note for note in notes)
+
+
+@on_both_drivers
+def test_timeouts_open_the_breaker(make_app: MakeApp, start_worker: StartWorker) -> None:
+    # Three slots: the first three calls time out, which opens the breaker before
+    # their threads return and free the slots, so every later job is deferred.
+    module = make_app(SYNC_SOURCE)
+    start_worker(module, "--concurrency", "3")
+    ids = [module.task("too_slow").enqueue().id for _ in range(9)]
+
+    def deferred(record: JobRecord) -> bool:
+        note = record.note or ""
+        return record.state.value == "scheduled" and "deferred by breaker slow" in note
+
+    def all_settled() -> list[JobRecord] | None:
+        records = list(module.records(ids).values())
+        done = [r for r in records if r.state.value == "failed" or deferred(r)]
+        return records if len(done) == len(ids) else None
+
+    records = wait_until(all_settled, 30, "every job to fail or be deferred")
+    failed = [r for r in records if r.state.value == "failed"]
+    assert len(failed) == 3
+    for record in failed:
+        assert record.error is not None
+        assert record.error.type == "sluicegate.errors.TaskTimeout"
+    assert len([r for r in records if deferred(r)]) == 6
+    assert {r.attempts for r in records if deferred(r)} == {0}
+    assert len(module.events("call")) == 3
+    assert module.app.breaker("slow").state().state.value == "open"

@@ -6,9 +6,10 @@ import time
 
 import pytest
 
-from .support import MakeApp, StartWorker, wait_until
+from .support import MakeApp, StartWorker, on_both_drivers, wait_until
 
-SOURCE = """
+#: Sync thread-pool tasks, which both drivers run.
+SYNC_SOURCE = """
 @app.task
 def record_run(index: int) -> int:
     mark("run")
@@ -28,13 +29,14 @@ CONCURRENCY = 8
 LEASE = 2.0
 
 
+@on_both_drivers
 def test_sigkill_loses_no_job(
     make_app: MakeApp,
     start_worker: StartWorker,
     record_property: pytest.RecordProperty,
     request: pytest.FixtureRequest,
 ) -> None:
-    module = make_app(SOURCE, lease=LEASE)
+    module = make_app(SYNC_SOURCE, lease=LEASE)
     jobs = module.task("record_run").enqueue_many([((i,), {}) for i in range(JOBS)])
     ids = [job.id for job in jobs]
     first = start_worker(module, "--concurrency", str(CONCURRENCY))
@@ -76,9 +78,10 @@ def test_sigkill_loses_no_job(
     request.node.add_report_section("call", "sigkill", summary)
 
 
+@on_both_drivers
 def test_sigkill_redelivers_after_task_lease(make_app: MakeApp, start_worker: StartWorker) -> None:
     # The app lease is 30 s; the task's own lease of 1.5 s must bound the recovery time.
-    module = make_app(SOURCE, lease=30.0)
+    module = make_app(SYNC_SOURCE, lease=30.0)
     gate = module.gate("release")
     job = module.task("short_lease").enqueue(str(gate))
     first = start_worker(module)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from .support import MakeApp, StartWorker
+import pytest
 
-SOURCE = """
+from .support import MakeApp, StartWorker, on_both_drivers
+
+#: Sync thread-pool tasks, which both drivers run.
+SYNC_SOURCE = """
 @app.task
 def three_seconds() -> str:
     mark("start")
@@ -13,6 +16,13 @@ def three_seconds() -> str:
     return "done"
 
 
+@app.task
+def delayed() -> None:
+    mark("start")
+"""
+
+#: Async and process-pool tasks, which only Worker runs.
+OTHER_POOLS_SOURCE = """
 @app.task
 async def three_seconds_async() -> str:
     mark("start")
@@ -27,22 +37,30 @@ def three_seconds_process() -> str:
     time.sleep(3.0)
     mark("end")
     return "done"
-
-
-@app.task
-def delayed() -> None:
-    mark("start")
 """
 
+SOURCE = SYNC_SOURCE + OTHER_POOLS_SOURCE
 
 #: Seconds that wall clocks read in different processes may disagree by.
 WALL_CLOCK_TOLERANCE = 0.05
 
 
-def test_long_job_runs_once(make_app: MakeApp, start_worker: StartWorker) -> None:
+#: (source, tasks, worker_loop): the sync task on both drivers, the others on Worker.
+LONG_JOB_CASES = [
+    pytest.param(SYNC_SOURCE, ["three_seconds"], "asyncio", id="asyncio"),
+    pytest.param(SYNC_SOURCE, ["three_seconds"], "threads", id="threads"),
+    pytest.param(SOURCE, ["three_seconds_async", "three_seconds_process"], "auto", id="other"),
+]
+
+
+@pytest.mark.parametrize(
+    ("source", "names", "worker_loop"), LONG_JOB_CASES, indirect=["worker_loop"]
+)
+def test_long_job_runs_once(
+    make_app: MakeApp, start_worker: StartWorker, source: str, names: list[str]
+) -> None:
     # Each job runs three times longer than the 1 s lease; two workers compete.
-    module = make_app(SOURCE, lease=1.0)
-    names = ["three_seconds", "three_seconds_async", "three_seconds_process"]
+    module = make_app(source, lease=1.0)
     ids = [module.task(name).enqueue().id for name in names]
     start_worker(module, "--concurrency", "4", "--processes", "1")
     start_worker(module, "--concurrency", "4", "--processes", "1")
@@ -56,9 +74,10 @@ def test_long_job_runs_once(make_app: MakeApp, start_worker: StartWorker) -> Non
         assert len(module.events("end", job_id)) == 1, name
 
 
+@on_both_drivers
 def test_delayed_jobs_run_once(make_app: MakeApp, start_worker: StartWorker) -> None:
     # The delay is three leases long; no job may run early, late or twice.
-    module = make_app(SOURCE, lease=1.0)
+    module = make_app(SYNC_SOURCE, lease=1.0)
     delay = 3.0
     task = module.task("delayed")
     jobs = [task.enqueue(delay=delay) for _ in range(20)]

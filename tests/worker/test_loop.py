@@ -1,16 +1,23 @@
-"""The worker's loop in-process: which exchanges it makes for a lone job."""
+"""Each driver's loop in-process: which exchanges it makes for a lone job."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import sluicegate
+from sluicegate import Task
 from sluicegate.backends.base import Backend
-from sluicegate.worker import Worker
+from sluicegate.worker import ThreadWorker, Worker
+
+from .support import wait_until
 
 #: Upper bound, in seconds, on one job's round trip through an idle worker.
 JOB_TIMEOUT = 30.0
@@ -49,14 +56,8 @@ def counting_app(tmp_path: Path) -> tuple[sluicegate.App, list[Exchange]]:
     return app, exchanges
 
 
-def test_lone_job_no_extra_exchange(tmp_path: Path) -> None:
-    app, exchanges = counting_app(tmp_path)
-
-    @app.task(queue="lone")
-    def nap() -> str:
-        time.sleep(RUN_SECONDS)
-        return "rested"
-
+def run_on_asyncio(app: sluicegate.App, task: Task[Any, Any], exchanges: list[Exchange]) -> Any:
+    """Run ``task`` once on a Worker served on this thread's event loop; return its result."""
     worker = Worker(app, queues=["lone"], concurrency=4)
 
     async def scenario() -> Any:
@@ -67,13 +68,39 @@ def test_lone_job_no_extra_exchange(tmp_path: Path) -> None:
             deadline = time.monotonic() + JOB_TIMEOUT
             while not exchanges and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-            job = await nap.aenqueue()
+            job = await task.aenqueue()
             return await job.aresult(timeout=JOB_TIMEOUT)
         finally:
             worker.stop()
             await serving
 
-    result = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def run_on_threads(app: sluicegate.App, task: Task[Any, Any], exchanges: list[Exchange]) -> Any:
+    """Run ``task`` once on a ThreadWorker driven by another thread; return its result."""
+    worker = ThreadWorker(app, queues=["lone"], concurrency=4)
+    driver = threading.Thread(target=worker.run)
+    driver.start()
+    try:
+        # As above: the job arrives through a wake-up of the idle worker.
+        wait_until(lambda: exchanges, JOB_TIMEOUT, "the worker's first exchange")
+        return task.enqueue().result(timeout=JOB_TIMEOUT)
+    finally:
+        worker.stop()
+        driver.join(JOB_TIMEOUT)
+
+
+@pytest.mark.parametrize("run", [run_on_asyncio, run_on_threads], ids=["asyncio", "threads"])
+def test_lone_job_no_extra_exchange(tmp_path: Path, run: Callable[..., Any]) -> None:
+    app, exchanges = counting_app(tmp_path)
+
+    @app.task(queue="lone")
+    def nap() -> str:
+        time.sleep(RUN_SECONDS)
+        return "rested"
+
+    result = run(app, nap, exchanges)
     app.close()
     reserved_at = next(i for i, e in enumerate(exchanges) if e.delivered == 1)
     after = exchanges[reserved_at + 1]

@@ -8,9 +8,10 @@ import pytest
 
 from sluicegate import PayloadTooLarge
 
-from .support import MakeApp, StartWorker, text_of_size
+from .support import MakeApp, StartWorker, on_both_drivers, text_of_size
 
-SOURCE = """
+#: Sync thread-pool tasks, which both drivers run.
+SYNC_SOURCE = """
 @app.task
 def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
@@ -28,8 +29,9 @@ MIB = 1024 * KIB
 LIMIT = MIB
 
 
+@on_both_drivers
 def test_arguments_under_limit_succeed(make_app: MakeApp, start_worker: StartWorker) -> None:
-    module = make_app(SOURCE)
+    module = make_app(SYNC_SOURCE)
     start_worker(module, "--concurrency", "2")
     texts = {size: text_of_size(size) for size in (KIB, 7000, 255 * KIB, MIB - KIB)}
     jobs = {size: module.task("digest").enqueue(text) for size, text in texts.items()}
@@ -43,7 +45,7 @@ def test_arguments_under_limit_succeed(make_app: MakeApp, start_worker: StartWor
 
 @pytest.mark.parametrize("size", [MIB + 1, 16 * MIB])
 def test_arguments_over_limit_rejected(make_app: MakeApp, size: int) -> None:
-    module = make_app(SOURCE)
+    module = make_app(SYNC_SOURCE)
     with pytest.raises(PayloadTooLarge) as raised:
         module.task("digest").enqueue(text_of_size(size))
 
@@ -56,8 +58,9 @@ def test_arguments_over_limit_rejected(make_app: MakeApp, size: int) -> None:
     assert module.live_messages("default") == 0
 
 
+@on_both_drivers
 def test_result_over_limit_fails(make_app: MakeApp, start_worker: StartWorker) -> None:
-    module = make_app(SOURCE)
+    module = make_app(SYNC_SOURCE)
     worker = start_worker(module)
     job = module.task("blob").enqueue(2 * MIB)
     record = module.wait_final([job.id], timeout=60)[job.id]

@@ -10,9 +10,10 @@ from sluicegate import JobNotFound
 from sluicegate.job import Job
 from sluicegate.message import new_id
 
-from .support import MakeApp, StartWorker, wait_until
+from .support import MakeApp, StartWorker, on_both_drivers, wait_until
 
-SOURCE = """
+#: Sync thread-pool tasks, which both drivers run.
+SYNC_SOURCE = """
 @app.task(retention=1.0)
 def short_lived() -> str:
     return "done"
@@ -20,7 +21,7 @@ def short_lived() -> str:
 
 
 def test_status_unknown_id(make_app: MakeApp) -> None:
-    module = make_app(SOURCE)
+    module = make_app(SYNC_SOURCE)
     unknown = new_id()
     with pytest.raises(JobNotFound):
         module.app.job(unknown)
@@ -30,8 +31,9 @@ def test_status_unknown_id(make_app: MakeApp) -> None:
     assert time.monotonic() - started < 1.0
 
 
+@on_both_drivers
 def test_status_through_retention(make_app: MakeApp, start_worker: StartWorker) -> None:
-    module = make_app(SOURCE)
+    module = make_app(SYNC_SOURCE)
     task = module.task("short_lived")
     scheduled = task.enqueue(delay=600)
     queued = task.enqueue()

@@ -4,9 +4,26 @@ from __future__ import annotations
 
 import psutil
 
-from .support import MakeApp, StartWorker, wait_until
+from .support import MakeApp, StartWorker, on_both_drivers, wait_until
 
-SOURCE = """
+#: Sync thread-pool tasks, which both drivers run.
+SYNC_SOURCE = """
+@app.task(timeout=0.5, retries=0)
+def stuck_thread(gate: str) -> str:
+    mark("start")
+    wait_for_file(gate)
+    mark("end")
+    return "late"
+
+
+@app.task
+def quick() -> str:
+    mark("start")
+    return "done"
+"""
+
+#: Async and process-pool tasks, which only Worker runs.
+OTHER_POOLS_SOURCE = """
 @app.task(timeout=0.5, retries=0)
 async def stuck_async() -> str:
     mark("start")
@@ -27,20 +44,9 @@ def stuck_process() -> str:
 def quick_process() -> str:
     mark("start")
     return "done"
-
-
-@app.task(timeout=0.5, retries=0)
-def stuck_thread(gate: str) -> str:
-    mark("start")
-    wait_for_file(gate)
-    mark("end")
-    return "late"
-
-
-@app.task
-def quick() -> str:
-    return "done"
 """
+
+SOURCE = SYNC_SOURCE + OTHER_POOLS_SOURCE
 
 TIMEOUT_ERROR = "sluicegate.errors.TaskTimeout"
 
@@ -86,8 +92,9 @@ def test_timeout_kills_process(make_app: MakeApp, start_worker: StartWorker) -> 
     assert replacement.pid not in (start.pid, worker.pid)
 
 
+@on_both_drivers
 def test_timeout_discards_thread_result(make_app: MakeApp, start_worker: StartWorker) -> None:
-    module = make_app(SOURCE)
+    module = make_app(SYNC_SOURCE)
     start_worker(module, "--concurrency", "2")
     gate = module.gate("release")
     job = module.task("stuck_thread").enqueue(str(gate))
@@ -105,3 +112,31 @@ def test_timeout_discards_thread_result(make_app: MakeApp, start_worker: StartWo
     later = module.task("quick").enqueue()
     assert module.wait_final([later.id], timeout=30)[later.id].state.value == "succeeded"
     assert module.record(job.id) == failed
+
+
+@on_both_drivers
+def test_straggler_keeps_its_slot(make_app: MakeApp, start_worker: StartWorker) -> None:
+    module = make_app(SYNC_SOURCE)
+    worker = start_worker(module, "--concurrency", "1")
+    gate = module.gate("release")
+    stuck = module.task("stuck_thread").enqueue(str(gate))
+    wait_until(lambda: module.events("start", stuck.id), 30, "the stuck job to start")
+    second = module.task("quick").enqueue()
+    failed = module.wait_final([stuck.id], timeout=30)[stuck.id]
+
+    assert failed.error is not None
+    assert failed.error.type == TIMEOUT_ERROR
+    # The exchange that settled the timeout would have reserved the second job
+    # in the same transaction, had the slot been free.
+    assert module.record(second.id).state.value == "queued"
+    assert module.reserved_ids() == set()
+    assert module.events("start", second.id) == []
+
+    gate.touch()
+    (end,) = wait_until(lambda: module.events("end", stuck.id), 30, "the straggler to return")
+    record = module.wait_final([second.id], timeout=30)[second.id]
+    assert record.state.value == "succeeded"
+    (start,) = module.events("start", second.id)
+    assert start.time >= end.time
+    assert module.record(stuck.id) == failed
+    assert worker.alive

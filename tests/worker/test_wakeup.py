@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from .support import MakeApp, StartWorker
+from .support import MakeApp, StartWorker, on_both_drivers
 
-SOURCE = """
+#: Sync thread-pool tasks, which both drivers run.
+SYNC_SOURCE = """
 @app.task
 def ping(n: int) -> int:
     mark("run")
@@ -20,8 +21,9 @@ ROUNDS = 5
 MAX_LATENCY = 0.5
 
 
+@on_both_drivers
 def test_idle_worker_wakes_on_enqueue(make_app: MakeApp, start_worker: StartWorker) -> None:
-    module = make_app(SOURCE)
+    module = make_app(SYNC_SOURCE)
     start_worker(module, "--concurrency", "2")
     latencies = []
     for n in range(ROUNDS):

@@ -53,9 +53,9 @@ def run_sync(
         value = task.fn(*call.args, **call.kwargs)
     except Cancelled:
         return RunOutcome("cancelled", cancel_seen=True)
-    except (Exception, SystemExit, KeyboardInterrupt) as exc:
-        # SystemExit or KeyboardInterrupt raised by task code ends the attempt,
-        # not the worker; retry_on decides, and its default covers neither.
+    except BaseException as exc:
+        # Whatever the task raises (SystemExit, KeyboardInterrupt, a BaseException of its
+        # own) ends the attempt, not the worker. retry_on decides, and its default is Exception.
         return classify_error(task, exc, context)
     finally:
         reset_job_context(token)
@@ -66,14 +66,17 @@ async def run_async(
     task: Task[Any, Any], call: TaskCall, context: JobContext, max_size: int
 ) -> RunOutcome:
     """Run an async task function on the running loop with ``context`` set."""
+    import asyncio  # Here, so that the thread-only worker never loads it.
+
     token = set_job_context(context)
     try:
         value = await task.fn(*call.args, **call.kwargs)
     except Cancelled:
         return RunOutcome("cancelled", cancel_seen=True)
-    except (Exception, SystemExit, KeyboardInterrupt) as exc:
-        # SystemExit or KeyboardInterrupt raised by task code ends the attempt,
-        # not the worker; retry_on decides, and its default covers neither.
+    except asyncio.CancelledError:
+        raise  # A timeout or a cancel request: the worker decides the outcome.
+    except BaseException as exc:
+        # As in run_sync: whatever the task raises ends the attempt, not the worker.
         return classify_error(task, exc, context)
     finally:
         reset_job_context(token)

@@ -33,6 +33,7 @@ import select
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -57,6 +58,11 @@ from sluicegate.worker.lease import Heartbeat
 from sluicegate.worker.shutdown import STOP_SIGNALS
 
 logger = logging.getLogger(__name__)
+
+
+def _close_pipe(read_end: int, write_end: int) -> None:
+    os.close(read_end)
+    os.close(write_end)
 
 
 @dataclass(eq=False)
@@ -117,10 +123,14 @@ class ThreadWorker(WorkerCore):
         self._posted: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]]
         self._posted = collections.deque()
         self._woken = False  # a poke from the driver thread, or a wake-up, not yet seen
-        self._signalled = False  # a byte is in the pipe, or about to be
+        self._signalled = False  # a post since the last _run_ready wrote a byte, or is about to
         self._pipe_r, self._pipe_w = os.pipe()
         os.set_blocking(self._pipe_r, False)
         os.set_blocking(self._pipe_w, False)
+        # A straggler's thread posts its end after run() returned. Closing the pipe then
+        # would let that byte land in whatever file reuses the descriptor, so the pipe
+        # closes only once the worker is collected, when no thread can post any more.
+        weakref.finalize(self, _close_pipe, self._pipe_r, self._pipe_w)
         self._listener: Any = None
         self._calls: queue.SimpleQueue[tuple[Running, Task[Any, Any], TaskCall] | None]
         self._calls = queue.SimpleQueue()
@@ -160,8 +170,6 @@ class ThreadWorker(WorkerCore):
         with contextlib.suppress(StoreUnavailable):
             self.budgets.flush()
         self.backend.close()
-        os.close(self._pipe_r)
-        os.close(self._pipe_w)
 
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
@@ -261,17 +269,21 @@ class ThreadWorker(WorkerCore):
 
     def _select(self, timeout: float) -> None:
         readable, _, _ = select.select([self._pipe_r, self._listener.fileno()], [], [], timeout)
+        if self._pipe_r in readable:
+            # Drained only here. A read in _run_ready could take the byte of a post made after
+            # the flag was cleared, and later posts would then see the flag set and write none.
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._pipe_r, 512):
+                    pass
         if self._listener.fileno() in readable:
             self._listener.drain()
             self._woken = True
 
     def _run_ready(self) -> None:
         """Run the calls other threads posted and the timers that are due."""
-        if self._signalled:
-            self._signalled = False  # Before reading, so a later post writes again.
-            with contextlib.suppress(BlockingIOError):
-                while os.read(self._pipe_r, 512):
-                    pass
+        # Cleared before the calls run, so a post from now on writes a byte, which stays
+        # in the pipe until the next select returns.
+        self._signalled = False
         while self._posted:
             function, args = self._posted.popleft()
             function(*args)
@@ -356,6 +368,11 @@ class ThreadWorker(WorkerCore):
                 return
             entry, task, call = item
             assert entry.context is not None
+            if self.running.get(entry.delivery.message_id) is not entry:
+                # Given back at shutdown while it waited for this thread: it must not start.
+                with self._threads_lock:
+                    self._idle_threads += 1
+                continue
             try:
                 outcome = run_sync(task, call, entry.context, self.app.max_message_size)
             except BaseException as exc:  # run_sync classifies task errors; this is a bug.
