@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from sluicegate.cli._common import import_app
+from sluicegate.cli._common import import_app, user_errors
 from sluicegate.scheduler import Scheduler
 from sluicegate.worker import needs_event_loop, worker_class
 from sluicegate.worker.metrics import WorkerMetrics
@@ -67,6 +67,7 @@ from sluicegate.worker.metrics import WorkerMetrics
     type=click.IntRange(1, 65535),
     help="Serve Prometheus metrics on 127.0.0.1 at this TCP port (needs prometheus-client).",
 )
+@user_errors
 def worker(
     app_spec: str,
     queues: str | None,

@@ -508,6 +508,29 @@ class WorkerCore:
         settlements = self.budgets.apply(settlements)
         self._after_settle(settlements, self.backend.settle(settlements))
 
+    def _settle_failed(self, settlements: list[Settlement], error: StoreUnavailable) -> None:
+        """Keep outcomes the backend could not take for the next flush, and log them."""
+        self._pending = settlements + self._pending
+        logger.error(
+            "backend unavailable, outcomes not recorded yet worker=%s outcomes=%d error=%s",
+            self.name,
+            len(self._pending),
+            error,
+        )
+
+    def _exit_code(self) -> int:
+        """Return 0 after a clean stop, 1 if outcomes were left unrecorded."""
+        if not self._pending:
+            return 0
+        logger.error(
+            "worker stopped with outcomes not recorded, so their jobs run again once their "
+            "leases expire worker=%s outcomes=%d job_ids=%s",
+            self.name,
+            len(self._pending),
+            ",".join(s.delivery.message_id for s in self._pending[:20]),
+        )
+        return 1
+
     def _dead_letter_undeliverable(self, delivery: Delivery, exc: Exception) -> None:
         reason = f"undeliverable: {exc}"
         logger.error(

@@ -18,6 +18,9 @@ heartbeats) live in a heap that bounds each sleep.
 The first SIGTERM or SIGINT lets running jobs finish within the grace
 period; the second gives them back. The signal handler only posts the
 signal to the driver, which acts on it between two steps.
+NOTE: while a backend call waits out an outage (up to the backend's
+reconnect window, 60 s on Redis), the driver acts on no signal and records
+no finished job.
 """
 
 from __future__ import annotations
@@ -156,7 +159,7 @@ class ThreadWorker(WorkerCore):
             self._listener.close()
             self._close()
         logger.info("worker stopped worker=%s", self.name)
-        return 0
+        return self._exit_code()
 
     def stop(self) -> None:
         """Ask the worker to stop as after one SIGTERM; callable from any thread."""
@@ -436,4 +439,7 @@ class ThreadWorker(WorkerCore):
     def _flush(self) -> None:
         settlements, self._pending = self._pending, []
         if settlements:
-            self._settle_now(settlements)
+            try:
+                self._settle_now(settlements)
+            except StoreUnavailable as exc:
+                self._settle_failed(settlements, exc)

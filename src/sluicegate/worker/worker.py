@@ -85,7 +85,7 @@ class Worker(WorkerCore):
             listener.close()
             await self._close()
         logger.info("worker stopped worker=%s", self.name)
-        return 0
+        return self._exit_code()
 
     def stop(self) -> None:
         """Ask the worker to stop as after one SIGTERM (thread-safe through the loop)."""
@@ -373,4 +373,7 @@ class Worker(WorkerCore):
     async def _flush(self) -> None:
         settlements, self._pending = self._pending, []
         if settlements:
-            await self._call(self._settle_now, settlements)
+            try:
+                await self._call(self._settle_now, settlements)
+            except StoreUnavailable as exc:
+                self._settle_failed(settlements, exc)
