@@ -34,6 +34,17 @@ async def waits() -> str:
     return "done"
 """
 
+SPLIT_SOURCE = """
+@app.task(queue="mail")
+def send() -> str:
+    return "sent"
+
+
+@app.task(queue="crunch", pool="process")
+def crunch() -> str:
+    return "crunched"
+"""
+
 BUSY_SOURCE = """
 import threading
 
@@ -80,6 +91,24 @@ def test_auto_picks_driver(
     worker = start_worker(module, "--loop", "auto")
 
     assert f" driver={driver}" in started_line(worker.log())
+
+
+@pytest.mark.parametrize(
+    ("queues", "driver"),
+    [
+        pytest.param("mail", "ThreadWorker", id="sync-queue"),
+        pytest.param("mail,crunch", "Worker", id="both-queues"),
+    ],
+)
+def test_auto_looks_at_served_queues(
+    make_app: MakeApp, start_worker: StartWorker, queues: str, driver: str
+) -> None:
+    module = make_app(SPLIT_SOURCE)
+    worker = start_worker(module, "--loop", "auto", "--queues", queues, "--processes", "1")
+    job = module.task("send").enqueue()
+
+    assert f" driver={driver}" in started_line(worker.log())
+    assert module.wait_final([job.id], timeout=30)[job.id].state.value == "succeeded"
 
 
 def test_threads_rejects_async_app(make_app: MakeApp, start_worker: StartWorker) -> None:

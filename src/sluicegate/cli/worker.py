@@ -80,8 +80,8 @@ def worker(
 ) -> None:
     """Run a worker for the app APP_MODULE:APP until SIGTERM or SIGINT."""
     app = import_app(app_spec)
-    driver = _driver(app, loop_kind)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    driver = _driver(app, loop_kind, names)
     metrics = None if metrics_port is None else WorkerMetrics(metrics_port)
     scheduler = Scheduler(app) if with_scheduler else None
     if scheduler is not None:
@@ -107,16 +107,20 @@ def worker(
     sys.exit(code)
 
 
-def _driver(app: Any, loop_kind: str) -> Any:
-    """Return the worker class for ``--loop``; refuse threads for an app that needs a loop."""
+def _driver(app: Any, loop_kind: str, queues: list[str] | None) -> Any:
+    """Return the worker class for ``--loop``; reject threads for tasks that need a loop."""
     if loop_kind == "asyncio":
         from sluicegate.worker.worker import Worker
 
         return Worker
-    if loop_kind == "threads" and needs_event_loop(app):
-        tasks = sorted(t.name for t in app.tasks.values() if t.options.pool != "thread")
+    if loop_kind == "threads" and needs_event_loop(app, queues):
+        tasks = sorted(
+            t.name
+            for t in app.tasks.values()
+            if t.options.pool != "thread" and (queues is None or t.options.queue in queues)
+        )
         raise click.UsageError(
             f"--loop threads runs sync thread-pool tasks only, and these tasks are async or "
             f"pool='process': {', '.join(tasks)}; use --loop asyncio or auto"
         )
-    return worker_class(app)
+    return worker_class(app, queues)

@@ -9,6 +9,7 @@ loads neither; each loads on first use.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -18,14 +19,23 @@ if TYPE_CHECKING:
 __all__ = ["ThreadWorker", "Worker", "needs_event_loop", "worker_class"]
 
 
-def needs_event_loop(app: Any) -> bool:
-    """Return whether a task of ``app`` is ``async`` or ``pool="process"``."""
-    return any(task.options.pool != "thread" for task in app.tasks.values())
+def needs_event_loop(app: Any, queues: Sequence[str] | None = None) -> bool:
+    """Return whether a task of ``app`` on ``queues`` (default all) is async or a process task.
+
+    A task's jobs go only to its own queue, so the tasks of other queues never
+    reach a worker that serves ``queues``.
+    """
+    return any(
+        task.options.pool != "thread" and (queues is None or task.options.queue in queues)
+        for task in app.tasks.values()
+    )
 
 
-def worker_class(app: Any) -> type[Worker] | type[ThreadWorker]:
-    """Return :class:`Worker` if ``app`` needs an event loop, else :class:`ThreadWorker`."""
-    if needs_event_loop(app):
+def worker_class(
+    app: Any, queues: Sequence[str] | None = None
+) -> type[Worker] | type[ThreadWorker]:
+    """Return :class:`Worker` if ``app`` needs an event loop on ``queues``, else ThreadWorker."""
+    if needs_event_loop(app, queues):
         from sluicegate.worker.worker import Worker
 
         return Worker

@@ -471,7 +471,8 @@ class WorkerCore:
 
         attempt = delivery.delivery_count
         if attempt >= entry.max_attempts:
-            reason = f"retries exhausted after {attempt} attempts: {error.type}: {error.message}"
+            tries = "1 attempt" if attempt == 1 else f"{attempt} attempts"
+            reason = f"retries exhausted after {tries}: {error.type}: {error.message}"
             logger.warning(
                 "job dead-lettered job_id=%s task=%s reason=%s", job_id, task.name, reason
             )
@@ -548,7 +549,8 @@ class WorkerCore:
         assert entry.task is not None
         count = entry.delivery.delivery_count - 1
         reason = (
-            f"delivered {count} times without a recorded outcome (the worker died or lost "
+            f"delivered {'once' if count == 1 else f'{count} times'} without a recorded "
+            "outcome (the worker died or lost "
             f"its lease each time); max attempts is {entry.max_attempts}"
         )
         error = ErrorInfo("sluicegate.errors.LeaseLost", reason)
