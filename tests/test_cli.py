@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -115,3 +116,53 @@ def test_enqueue_keeps_big_integers(app_dir: Path) -> None:
 
     body = cli_app.app.backend.reserve(["default"], 1, 30.0, "test")[0].body
     assert str(big).encode() in body
+
+
+def dead_letters_of(app_dir: Path, count: int) -> list[str]:
+    """Enqueue ``count`` jobs and dead-letter them straight through the backend."""
+    import cli_app
+
+    from sluicegate.broker import Action, Settlement
+
+    backend = cli_app.app.backend
+    ids = [cli_app.add.enqueue(1, 2).id for _ in range(count)]
+    _, deliveries = backend.exchange([], ["default"], count, 30.0, "cli-test")
+    dead = [Settlement(d, Action.DEAD, None, reason="broken on purpose") for d in deliveries]
+    backend.exchange(dead, ["default"], 0, 30.0, "cli-test")
+    return ids
+
+
+def test_dead_letters_list_json(app_dir: Path) -> None:
+    ids = dead_letters_of(app_dir, 2)
+    code, output = run("dead-letters", "list", "cli_app:app", "--json")
+
+    assert code == 0
+    rows = [json.loads(line) for line in output.splitlines()]
+    assert [row["message_id"] for row in rows] == ids
+    assert {row["reason"] for row in rows} == {"broken on purpose"}
+
+
+def test_dead_letters_table_keeps_ids_whole(app_dir: Path) -> None:
+    (job_id,) = dead_letters_of(app_dir, 1)
+    code, output = run("dead-letters", "list", "cli_app:app")
+
+    assert code == 0
+    assert job_id in output.replace("\n", "").replace("│", "").replace(" ", "")
+
+
+def test_dead_letters_retry_unknown_id(app_dir: Path) -> None:
+    (job_id,) = dead_letters_of(app_dir, 1)
+    code, output = run("dead-letters", "retry", "cli_app:app", job_id, "no-such-id")
+
+    assert code == 1
+    assert "1 dead letters put back" in output
+    assert "1 of the 2 message ids are not dead letters" in output
+
+
+def test_dead_letters_ids_and_all_rejected(app_dir: Path) -> None:
+    (job_id,) = dead_letters_of(app_dir, 1)
+    code, output = run("dead-letters", "purge", "cli_app:app", job_id, "--all")
+
+    assert code != 0
+    assert "not both" in output
+    assert run("dead-letters", "list", "cli_app:app", "--json")[1].count(job_id) == 1

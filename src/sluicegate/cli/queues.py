@@ -48,15 +48,38 @@ def dead_letters() -> None:
 @click.option(
     "--limit", default=100, show_default=True, type=click.IntRange(1), help="Most rows shown."
 )
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object per dead letter instead."
+)
 @user_errors
-def list_dead(app_spec: str, queue: str, limit: int) -> None:
+def list_dead(app_spec: str, queue: str, limit: int, as_json: bool) -> None:
     """List dead letters, oldest first, with the reason of each."""
+    app = import_app(app_spec)
+    letters = app.queue(queue).dead_letters(limit)
+    if as_json:
+        import orjson
+
+        for letter in letters:
+            since = dt.datetime.fromtimestamp(letter.dead_at, dt.UTC).isoformat()
+            row = {
+                "message_id": letter.message_id,
+                "dead_at": since,
+                "deliveries": letter.delivery_count,
+                "reason": letter.reason,
+            }
+            click.echo(orjson.dumps(row).decode())
+        return
+
     from rich.console import Console
     from rich.table import Table
 
-    app = import_app(app_spec)
-    table = Table("message id", "dead since (UTC)", "deliveries", "reason")
-    for letter in app.queue(queue).dead_letters(limit):
+    table = Table()
+    # An id is folded rather than cut at a narrow terminal, so that it can be copied whole.
+    table.add_column("message id", overflow="fold", min_width=36)
+    table.add_column("dead since (UTC)")
+    table.add_column("deliveries")
+    table.add_column("reason")
+    for letter in letters:
         since = dt.datetime.fromtimestamp(letter.dead_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(letter.message_id, since, str(letter.delivery_count), letter.reason)
     Console().print(table)
@@ -72,11 +95,11 @@ def list_dead(app_spec: str, queue: str, limit: int) -> None:
 @user_errors
 def retry_dead(app_spec: str, message_ids: tuple[str, ...], queue: str, retry_all: bool) -> None:
     """Put dead letters back on their queue: the given MESSAGE_IDS, or --all."""
-    if not message_ids and not retry_all:
-        raise click.UsageError("name message ids to retry, or pass --all")
+    _check_selection(message_ids, retry_all, "retry")
     app = import_app(app_spec)
     count = app.queue(queue).retry_dead(None if retry_all else list(message_ids))
     click.echo(f"{count} dead letters put back on queue {queue}")
+    _check_found(message_ids, count, queue)
 
 
 @dead_letters.command("purge")
@@ -89,8 +112,25 @@ def retry_dead(app_spec: str, message_ids: tuple[str, ...], queue: str, retry_al
 @user_errors
 def purge_dead(app_spec: str, message_ids: tuple[str, ...], queue: str, purge_all: bool) -> None:
     """Delete dead letters: the given MESSAGE_IDS, or --all."""
-    if not message_ids and not purge_all:
-        raise click.UsageError("name message ids to purge, or pass --all")
+    _check_selection(message_ids, purge_all, "purge")
     app = import_app(app_spec)
     count = app.queue(queue).purge_dead(None if purge_all else list(message_ids))
     click.echo(f"{count} dead letters deleted from queue {queue}")
+    _check_found(message_ids, count, queue)
+
+
+def _check_selection(message_ids: tuple[str, ...], every: bool, verb: str) -> None:
+    if not message_ids and not every:
+        raise click.UsageError(f"name message ids to {verb}, or pass --all")
+    if message_ids and every:
+        raise click.UsageError(f"name message ids to {verb} or pass --all, not both")
+
+
+def _check_found(message_ids: tuple[str, ...], count: int, queue: str) -> None:
+    """Exit 1 when some of ``message_ids`` were not dead letters of ``queue``."""
+    missing = len(set(message_ids)) - count
+    if message_ids and missing > 0:
+        raise click.ClickException(
+            f"{missing} of the {len(set(message_ids))} message ids are not dead letters of "
+            f"queue {queue}; check the ids with 'sluicegate dead-letters list --queue {queue}'"
+        )
