@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import time
 
+import psutil
 import pytest
 
 from .support import MakeApp, StartWorker, on_both_drivers, wait_until
@@ -98,3 +100,28 @@ def test_sigkill_redelivers_after_task_lease(make_app: MakeApp, start_worker: St
     restarts = [e for e in module.events("start", job.id) if e.pid == second.pid]
     assert len(restarts) == 1
     assert restarts[0].time - killed_at < 1.5 + 10.0
+
+
+PROCESS_SOURCE = """
+@app.task(pool="process")
+def long_process(gate: str) -> str:
+    mark("start")
+    wait_for_file(gate)
+    mark("end")
+    return "done"
+"""
+
+
+def test_sigkill_ends_pool_children(make_app: MakeApp, start_worker: StartWorker) -> None:
+    # SIGKILL of the worker's main process only: its process-pool child must not run on,
+    # or the job would run twice once its lease expires and another worker takes it.
+    module = make_app(PROCESS_SOURCE)
+    job = module.task("long_process").enqueue(str(module.gate("release")))
+    worker = start_worker(module, "--processes", "1")
+    (start,) = wait_until(lambda: module.events("start", job.id), 30, "the job to start")
+    assert start.pid != worker.pid
+
+    worker.send(signal.SIGKILL)
+    wait_until(lambda: not psutil.pid_exists(start.pid), 10, f"child pid {start.pid} to exit")
+
+    assert module.events("end", job.id) == []

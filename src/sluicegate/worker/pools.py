@@ -19,6 +19,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a child may take to exit after a stop request before it is killed.
 STOP_GRACE = 5.0
+
+#: Seconds between two checks of a child that its worker is still alive.
+ORPHAN_CHECK_INTERVAL = 0.2
 
 
 class ChildDied(Exception):
@@ -120,7 +125,7 @@ class ProcessPool:
         parent_conn, child_conn = self._context.Pipe()
         process = self._context.Process(
             target=_child_main,
-            args=(self.app_spec, self.sys_path, child_conn),
+            args=(self.app_spec, self.sys_path, child_conn, os.getpid()),
             name="sluicegate-process",
             daemon=True,
         )
@@ -161,12 +166,15 @@ class ProcessPool:
         self._started = 0
 
 
-def _child_main(app_spec: str, sys_path: list[str], conn: Connection) -> None:
+def _child_main(app_spec: str, sys_path: list[str], conn: Connection, parent: int) -> None:
     # The parent decides when a child stops: it kills a child at a timeout or a give-back.
     # A SIGTERM or SIGINT sent to the whole process group must not end the running call.
     # NOTE: a signal that arrives while the child is still starting, before these lines, ends it.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    watcher = threading.Thread(target=_exit_with, args=(parent,), name="sluicegate-orphan")
+    watcher.daemon = True
+    watcher.start()
     sys.path[:] = sys_path
     logging.basicConfig(level=logging.WARNING)
     app = load_app(app_spec)
@@ -182,6 +190,17 @@ def _child_main(app_spec: str, sys_path: list[str], conn: Connection) -> None:
             conn.send(_run_request(app, body, fence, attempt))
         except OSError:
             return
+
+
+def _exit_with(parent: int) -> None:
+    """Exit the child once its worker is gone, even in the middle of a call.
+
+    A worker killed with SIGKILL cannot stop its children. Its leases expire
+    and the jobs run again elsewhere, so a call that ran on would run twice.
+    """
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_INTERVAL)
+    os._exit(1)
 
 
 def _run_request(app: Any, body: bytes, fence: int, attempt: int) -> RunOutcome:
