@@ -216,7 +216,8 @@ class ClusterRoute:
         if old is client:
             return
         if old_node is None:
-            logger.info(
+            # Every process logs this once at its first command, so it stays out of INFO.
+            logger.debug(
                 "redis cluster slot owner found address=%s slot=%d node=%s",
                 self._address,
                 self.slot,
