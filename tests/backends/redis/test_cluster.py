@@ -402,10 +402,13 @@ def test_worker_drains_through_cluster_url(
         records = module.wait_final(ids, timeout=60)
         later = module.task("record_run").enqueue(200)
         late_record = module.wait_final([later.id], timeout=30)[later.id]
+        # The job records live on the slot's owner, which is not the node the URL names.
+        on_owner = owner.client().exists(f"{{{prefix}}}:j:{later.id}")
     finally:
         module.app.backend.delete_all()
 
     assert {record.state for record in records.values()} == {JobState.SUCCEEDED}
     assert set(module.event_counts("run")) == {*ids, later.id}
     assert late_record.state is JobState.SUCCEEDED
-    assert f"slot={prefix_slot(prefix)} node=127.0.0.1:{owner.port}" in worker.log()
+    assert on_owner == 1
+    assert worker.alive
