@@ -120,7 +120,7 @@ class WorkerCore:
         self.running: dict[str, Running] = {}
         self._pending: list[Settlement] = []
         self._stragglers = 0  # thread calls past their timeout that still occupy a thread
-        self._outages = 0  # consecutive exchanges that failed with StoreUnavailable
+        self._outages = 0  # consecutive exchanges that failed, with StoreUnavailable or else
         # Breaker and rate-limit calls block on the store; they get threads of their own.
         self._guard_io = ThreadPoolExecutor(4, thread_name_prefix="sluicegate-guard")
         self._guards: dict[str, TaskGuard | None] = {}
@@ -170,8 +170,7 @@ class WorkerCore:
 
     def _outage_delay(self, error: StoreUnavailable) -> float:
         """Count one failed exchange, log it, and return the pause before the next one."""
-        self._outages += 1
-        delay: float = min(OUTAGE_BACKOFF_CAP, 0.5 * 2.0 ** min(self._outages, 8))
+        delay = self._count_failed_exchange()
         logger.error(
             "backend unavailable, worker keeps its jobs and retries worker=%s "
             "outages=%d retry_in_s=%.1f error=%s",
@@ -182,11 +181,48 @@ class WorkerCore:
         )
         return delay
 
+    def _failure_delay(self, error: Exception) -> float:
+        """Count an exchange that raised an unexpected error, log it, and return the pause.
+
+        The driver calls it in its ``except`` block, so the log carries the
+        traceback. The worker keeps its settlements and tries again after the
+        pause, like after an outage, instead of exiting and leaving its leased
+        jobs to expire.
+        """
+        delay = self._count_failed_exchange()
+        logger.exception(
+            "exchange failed with an unexpected error, worker keeps its jobs and retries "
+            "worker=%s failures=%d retry_in_s=%.1f error=%r",
+            self.name,
+            self._outages,
+            delay,
+            error,
+        )
+        return delay
+
+    def _count_failed_exchange(self) -> float:
+        """Count one failed exchange; return the pause before the next, doubling to a cap."""
+        self._outages += 1
+        delay: float = min(OUTAGE_BACKOFF_CAP, 0.5 * 2.0 ** min(self._outages, 8))
+        return delay
+
+    def _purge_expired(self) -> None:
+        """Purge expired job records; a failure is logged and waits for the next purge."""
+        try:
+            self.backend.purge_expired(time.time())
+        except StoreUnavailable:
+            pass
+        except Exception:
+            logger.exception("expired job records not purged worker=%s", self.name)
+
     def _next_idle_wait(self) -> float:
         """Seconds until the next delayed message or lease expiry, at most ``MAX_IDLE_WAIT``."""
         try:
             due = self.backend.next_due()
         except StoreUnavailable:
+            return MAX_IDLE_WAIT
+        except Exception:
+            logger.exception("next due time not read worker=%s", self.name)
             return MAX_IDLE_WAIT
         if due is None:
             return MAX_IDLE_WAIT

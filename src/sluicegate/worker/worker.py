@@ -143,14 +143,17 @@ class Worker(WorkerCore):
                 self._pending = settlements + self._pending
                 await self._sleep(self._outage_delay(exc))
                 continue
+            except Exception as exc:
+                self._pending = settlements + self._pending
+                await self._sleep(self._failure_delay(exc))
+                continue
             self._outages = 0
             self._after_settle(settlements, settled)
             for delivery in deliveries:
                 self._start(delivery)
             if time.monotonic() - last_purge > PURGE_INTERVAL:
                 last_purge = time.monotonic()
-                with contextlib.suppress(StoreUnavailable):
-                    await self._call(self.backend.purge_expired)
+                await self._call(self._purge_expired)
             # A reserve that filled fewer slots than it requested found every queue empty,
             # so reserving again before a wake-up would only delay the next settlement.
             if len(deliveries) < limit and not self._pending:
