@@ -21,10 +21,14 @@ class QueueBounds:
     ``max_length`` counts every message in the queue that is not dead:
     ready, delayed and reserved. ``max_wait`` is the age in seconds of the
     oldest ready message past which the queue rejects new messages.
+    With ``declared`` false the bounds only admit this enqueue, as for a
+    webhook delivery, so the backend keeps the bounds it stores for the
+    queue's stats unchanged.
     """
 
     max_length: int = DEFAULT_MAX_LENGTH
     max_wait: float | None = None
+    declared: bool = True
 
 
 class Action(enum.Enum):

@@ -63,10 +63,9 @@ DELIVERY_BACKOFF = Backoff(base=1.0, factor=2.0, cap=300.0)
 SIGNATURE_TOLERANCE = 300.0
 
 #: Bound under which delivery jobs are admitted: in effect none, because rejecting one
-#: would lose the callback of a job that has already run.
-# NOTE: the SQLite backend stores the bound last declared for display, so after a delivery
-# job ``sluicegate queues`` shows this value for the queue until the next ordinary enqueue.
-_DELIVERY_BOUNDS = QueueBounds(max_length=2**62)
+#: would lose the callback of a job that has already run. It is not declared, so the
+#: queue's stats keep showing the bounds of its ordinary enqueues.
+_DELIVERY_BOUNDS = QueueBounds(max_length=2**62, declared=False)
 
 
 class WebhookError(SluicegateError):

@@ -202,6 +202,46 @@ def test_cancel_retrying(backend: Backend, clock: FakeClock) -> None:
     assert backend.reserve(["q"], 1, LEASE, "w1") == []
 
 
+# Settlements that put a job's message back in its queue, each with the record the worker
+# writes. They are a deferral by a breaker or rate limit, a retry and a give-back at shutdown.
+WAITING_AFTER_SETTLEMENT = [
+    pytest.param(Action.DEFER, JobState.SCHEDULED, "deferred by rate limit 1/5s", 5, id="defer"),
+    pytest.param(Action.DEFER, JobState.SCHEDULED, "deferred by breaker b", 0, id="defer-now"),
+    pytest.param(Action.RETRY, JobState.RETRYING, None, 0, id="retry-now"),
+    pytest.param(Action.RELEASE, JobState.QUEUED, "given back at worker shutdown", 0, id="release"),
+]
+
+
+@pytest.mark.parametrize(("action", "state", "note", "delay"), WAITING_AFTER_SETTLEMENT)
+def test_cancel_waiting_after_settlement(
+    backend: Backend,
+    clock: FakeClock,
+    action: Action,
+    state: JobState,
+    note: str | None,
+    delay: float,
+) -> None:
+    new = job(clock)
+    backend.enqueue_jobs([new], BOUNDS)
+    delivery = reserve_one(backend)
+    update = JobUpdate(state, note=note, count_attempt=action is Action.RETRY)
+    assert backend.settle([Settlement(delivery, action, update, delay=delay)]) == [True]
+    waiting = record_of(backend, new.message.id)
+
+    record = backend.request_cancel(new.message.id, RETENTION)
+    clock.advance(delay + 1)
+
+    assert waiting.state is state
+    assert record is not None
+    assert record.state is JobState.CANCELLED
+    assert record.note == "cancelled before it ran"
+    assert record.expires_at == clock() - delay - 1 + RETENTION
+    assert record_of(backend, new.message.id).state is JobState.CANCELLED
+    assert backend.length("q") == 0
+    assert backend.reserve(["q"], 1, LEASE, "w1") == []
+    assert backend.next_due() is None
+
+
 def test_cancel_running(backend: Backend, clock: FakeClock) -> None:
     new = job(clock)
     backend.enqueue_jobs([new], BOUNDS)
@@ -387,6 +427,43 @@ def test_stats_bounds(backend: Backend, clock: FakeClock) -> None:
 
     (stats,) = backend.stats("q")
 
+    assert stats.max_length == 7
+    assert stats.max_wait == 30
+
+
+# Each case enqueues under declared bounds, then under bounds that are not declared, with
+# or without an idempotency key. Together they run each admission statement of every backend.
+UNDECLARED_ENQUEUES = [
+    pytest.param(QueueBounds(max_length=7, max_wait=30), None, id="max-wait"),
+    pytest.param(QueueBounds(max_length=7, max_wait=30), "delivery-1", id="max-wait-keyed"),
+    pytest.param(QueueBounds(max_length=7), None, id="max-length"),
+    pytest.param(QueueBounds(max_length=7), "delivery-1", id="max-length-keyed"),
+]
+
+
+@pytest.mark.parametrize(("declared", "key"), UNDECLARED_ENQUEUES)
+def test_stats_bounds_keep_declared(
+    backend: Backend, clock: FakeClock, declared: QueueBounds, key: str | None
+) -> None:
+    backend.enqueue_jobs([job(clock)], declared)
+    undeclared = QueueBounds(max_length=2**62, declared=False)
+
+    (result,) = backend.enqueue_jobs([job(clock, idempotency_key=key)], undeclared)
+    (stats,) = backend.stats("q")
+
+    assert result.created is True
+    assert stats.ready == 2
+    assert stats.max_length == 7
+    assert stats.max_wait == declared.max_wait
+
+
+def test_stats_bounds_undeclared_publish(backend: Backend, clock: FakeClock) -> None:
+    backend.publish([message(clock)], QueueBounds(max_length=7, max_wait=30))
+
+    backend.publish([message(clock)], QueueBounds(max_length=2**62, declared=False))
+    (stats,) = backend.stats("q")
+
+    assert stats.ready == 2
     assert stats.max_length == 7
     assert stats.max_wait == 30
 

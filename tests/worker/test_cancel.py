@@ -168,3 +168,43 @@ def test_cancel_running_sync_ignored(make_app: MakeApp, start_worker: StartWorke
     assert record.note is not None
     assert "cancel requested" in record.note
     assert len(module.events("end", job.id)) == 1
+
+
+#: One call per 4 seconds. Of jobs enqueued together the first runs at once, and the worker
+#: defers each of the others until its turn, 4 seconds after the previous one.
+RATE_LIMITED_SOURCE = """
+@app.task(rate_limit="1/4s", retries=0)
+def send(i: int) -> int:
+    mark("run")
+    return i
+"""
+
+
+@on_both_drivers
+def test_cancel_deferred_never_runs(make_app: MakeApp, start_worker: StartWorker) -> None:
+    module = make_app(RATE_LIMITED_SOURCE)
+    start_worker(module)
+    task = module.task("send")
+    jobs = [task.enqueue(i) for i in range(3)]
+    first = wait_until(lambda: module.events("run"), 30, "the first job to run")[0].job_id
+    deferred_jobs = [job for job in jobs if job.id != first]
+    deferred_records = [module.wait_state(job.id, "scheduled", 30) for job in deferred_jobs]
+    states = [job.cancel().value for job in deferred_jobs]
+    # This job's turn comes after the turns of the cancelled jobs, so once it ran
+    # they would have run too.
+    sentinel = task.enqueue(3)
+    records = module.wait_final([*(job.id for job in jobs), sentinel.id], timeout=60)
+
+    assert len(deferred_jobs) == 2
+    for record in deferred_records:
+        assert record.note is not None
+        assert record.note.startswith("deferred by rate limit")
+    assert states == ["cancelled", "cancelled"]
+    assert records[first].state.value == "succeeded"
+    assert records[sentinel.id].state.value == "succeeded"
+    for job in deferred_jobs:
+        assert records[job.id].state.value == "cancelled"
+        assert records[job.id].note == "cancelled before it ran"
+        assert records[job.id].attempts == 0
+        assert module.events(job_id=job.id) == []
+    assert module.live_messages("default") == 0

@@ -54,7 +54,7 @@ class GroupCommit:
     Parameters:
       write: a context manager factory giving a connection inside ``BEGIN
         IMMEDIATE``, committed on exit and rolled back on an exception.
-      clock: the time passed to each call.
+      clock: the time passed to each call, read once the write lock is held.
       after_commit: called once after each successful commit with whether any
         call of the batch made a message ready.
     """
@@ -105,12 +105,13 @@ class GroupCommit:
                 successor.done.set()
 
     def _commit(self, batch: list[_Call[Any]]) -> None:
-        now = self._clock()
         if len(batch) == 1:
-            self._commit_one(batch[0], now)
+            self._commit_one(batch[0])
             return
         try:
             with self._write() as conn:
+                # Read once the write lock is held, so that the wait for it does not age `now`.
+                now = self._clock()
                 for call in batch:
                     conn.execute("SAVEPOINT enqueue_call")
                     try:
@@ -127,11 +128,11 @@ class GroupCommit:
             return
         self._after_commit(any(call.ready and call.error is None for call in batch))
 
-    def _commit_one(self, call: _Call[Any], now: float) -> None:
+    def _commit_one(self, call: _Call[Any]) -> None:
         """Commit a batch of one without a savepoint: its error rolls back the transaction."""
         try:
             with self._write() as conn:
-                call.result, call.ready = call.work(conn, now)
+                call.result, call.ready = call.work(conn, self._clock())
         except BaseException as exc:
             call.error = exc
             if not isinstance(exc, Exception):

@@ -16,14 +16,16 @@ from sluicegate.backends.postgres_schema import DELAYED, READY, RESERVED
 _R, _S, _D = str(READY), str(RESERVED), str(DELAYED)
 
 # The counter row of the producer side; one round trip returns everything the
-# bound check needs. The queue_removals row is created here on first use.
+# bound check needs. The queue_removals row is created here on first use. Bounds
+# that are not declared (see QueueBounds) leave the stored ones unchanged.
 ADMIT = """
 WITH counter AS (
     INSERT INTO {s}.queues AS q (name, max_length, max_wait, enqueued, bucket, enqueued_now)
-    VALUES (%(queue)s, %(max_length)s, %(max_wait)s, %(count)s, %(bucket)s, %(count)s)
+    VALUES (%(queue)s, CASE WHEN %(declared)s THEN %(max_length)s::int8 END,
+        CASE WHEN %(declared)s THEN %(max_wait)s::float8 END, %(count)s, %(bucket)s, %(count)s)
     ON CONFLICT (name) DO UPDATE SET
-        max_length = excluded.max_length,
-        max_wait = excluded.max_wait,
+        max_length = CASE WHEN %(declared)s THEN excluded.max_length ELSE q.max_length END,
+        max_wait = CASE WHEN %(declared)s THEN excluded.max_wait ELSE q.max_wait END,
         enqueued = q.enqueued + %(count)s,
         enqueued_before = CASE q.bucket WHEN %(bucket)s THEN q.enqueued_before
             WHEN %(bucket)s - 1 THEN q.enqueued_now ELSE 0 END,
@@ -47,10 +49,11 @@ ENQUEUE_AT_ONCE = (
     """
 WITH admitted AS (
     INSERT INTO {s}.queues AS q (name, max_length, max_wait, enqueued, bucket, enqueued_now)
-    VALUES (%(queue)s, %(max_length)s, NULL, %(count)s, %(bucket)s, %(count)s)
+    VALUES (%(queue)s, CASE WHEN %(declared)s THEN %(max_length)s::int8 END, NULL, %(count)s,
+        %(bucket)s, %(count)s)
     ON CONFLICT (name) DO UPDATE SET
-        max_length = excluded.max_length,
-        max_wait = NULL,
+        max_length = CASE WHEN %(declared)s THEN excluded.max_length ELSE q.max_length END,
+        max_wait = CASE WHEN %(declared)s THEN NULL ELSE q.max_wait END,
         enqueued = q.enqueued + %(count)s,
         enqueued_before = CASE q.bucket WHEN %(bucket)s THEN q.enqueued_before
             WHEN %(bucket)s - 1 THEN q.enqueued_now ELSE 0 END,

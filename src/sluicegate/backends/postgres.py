@@ -417,6 +417,7 @@ class PostgresBackend(ExchangeShortcuts):
             params = {
                 "queue": queue,
                 "max_length": bounds.max_length,
+                "declared": bounds.declared,
                 "count": len(messages),
                 "bucket": _bucket(now),
                 "now": now,
@@ -500,6 +501,7 @@ class PostgresBackend(ExchangeShortcuts):
             "queue": queue,
             "max_length": bounds.max_length,
             "max_wait": bounds.max_wait,
+            "declared": bounds.declared,
             "count": count,
             "bucket": _bucket(now),
         }
@@ -872,9 +874,13 @@ class PostgresBackend(ExchangeShortcuts):
     # -- shared state: locks and compare-and-set values
 
     def acquire_lock(self, name: str, holder: str, ttl: float) -> bool:
-        now = self.clock()
-        params = {"name": name, "holder": holder, "until": now + ttl, "now": now}
-        return bool(self._query("ACQUIRE_LOCK", params))
+        def acquire(cur: Cursor) -> bool:
+            # Read at each attempt: a lock taken after an outage must not expire early.
+            now = self.clock()
+            params = {"name": name, "holder": holder, "until": now + ttl, "now": now}
+            return bool(cur.execute(self._sql["ACQUIRE_LOCK"], params).fetchall())
+
+        return self._run(acquire, "acquire_lock", transaction=False)
 
     def release_lock(self, name: str, holder: str) -> bool:
         def release(cur: Cursor) -> bool:

@@ -19,8 +19,9 @@ its lease expiry, so a worker whose lease expired cannot settle.
 
 Time: every script takes the current time from the caller (``clock``,
 default ``time.time``), never from Redis, so the hosts' clocks must roughly
-agree. A final job record keeps ``expires_at`` and also gets a Redis expiry
-of its retention, so it disappears even if nobody calls ``purge_expired``.
+agree. Each attempt of a retried call reads the clock again. A final job
+record keeps ``expires_at`` and also gets a Redis expiry of its retention,
+so it disappears even if nobody calls ``purge_expired``.
 
 Durability: ``enqueue`` returns once Redis applied the write, which is only
 as durable as the server's persistence. With ``appendonly yes`` and
@@ -36,7 +37,14 @@ seconds, logging the server's address without its password, and then raises
 ``StoreUnavailable``. Retrying a script is safe: ``enqueue_jobs`` skips ids
 it created already, and ``exchange`` carries a token under which the server
 keeps its reply for a minute, so a retried call returns the deliveries of the
-first one instead of leasing more.
+first one instead of leasing more. The replay extends the lease of each of those
+deliveries from the retry's time, and leaves out any whose lease another
+call already took back.
+
+Malformed messages: ``exchange`` checks every field it reads from a message
+hash before it writes anything. A message with a missing or non-numeric field
+goes to the dead-letter queue with the reason, an id whose hash is missing
+leaves its set, and the call logs both.
 
 Cluster: all keys of one prefix share one hash slot (see the key module), so
 the scripts run on Redis Cluster too, without sharding a prefix. A
@@ -293,6 +301,22 @@ class RedisBackend(ExchangeShortcuts):
             lambda client: call(keys=self._routing, args=script_args, client=client)
         )
 
+    def _run_timed(self, script: str, build: Callable[[float], Sequence[Any]]) -> tuple[float, Any]:
+        """Run a script whose arguments contain the current time; return that time and the reply.
+
+        Each attempt reads the clock and builds its arguments again, so a call
+        retried after an outage computes leases and expiries from the time it
+        reaches the server, not from the time of the first attempt.
+        """
+        call = self._scripts[script]
+
+        def attempt(client: redis.Redis) -> tuple[float, Any]:
+            now = self.clock()
+            script_args = [self.layout.tag, *build(now)]
+            return now, call(keys=self._routing, args=script_args, client=client)
+
+        return self._retrying(attempt)
+
     def ping(self) -> None:
         """Raise if the server cannot be reached (after the reconnect window)."""
         self._retrying(lambda client: client.ping())
@@ -331,18 +355,16 @@ class RedisBackend(ExchangeShortcuts):
     def _enqueue(
         self, entries: Sequence[tuple[OutgoingMessage, str, str]], bounds: QueueBounds
     ) -> list[Any]:
-        now = self.clock()
         queue = entries[0][0].queue
-        args: list[Any] = [
-            repr(now),
-            _bucket(now),
+        values: list[Any] = [
             queue,
             bounds.max_length,
             "" if bounds.max_wait is None else repr(float(bounds.max_wait)),
+            "1" if bounds.declared else "",
             len(entries),
         ]
         for message, task, key in entries:
-            args += [
+            values += [
                 message.id,
                 message.body,
                 message.priority,
@@ -351,7 +373,7 @@ class RedisBackend(ExchangeShortcuts):
                 task,
                 key,
             ]
-        reply = self._run("enqueue", args)
+        now, reply = self._run_timed("enqueue", lambda now: [repr(now), _bucket(now), *values])
         if _text(reply[0]) == "full":
             reason, excess, rates = _text(reply[1]), int(reply[2]), reply[3]
             _, completed, window = _recent_counts(rates, now)
@@ -374,25 +396,33 @@ class RedisBackend(ExchangeShortcuts):
         """Settle and reserve as :meth:`Backend.exchange` describes, in one script call."""
         if not settlements and (limit <= 0 or not queues):
             return [], []
-        now = self.clock()
         # Rotate the starting queue so one busy queue cannot starve the others.
         start = random.randrange(len(queues)) if queues else 0
         ordered = [*queues[start:], *queues[:start]] if limit > 0 else []
+        # One token for every attempt: a retry whose first attempt landed gets its reply.
+        token = os.urandom(12).hex()
+
+        def build(now: float) -> list[Any]:
+            args: list[Any] = [
+                repr(now),
+                _bucket(now),
+                token,
+                repr(now + lease),
+                worker,
+                max(limit, 0),
+                len(ordered),
+                *ordered,
+                len(settlements),
+            ]
+            for settlement in settlements:
+                _settlement_args(settlement, now, args)
+            return args
+
+        now, reply = self._run_timed("exchange", build)
+        settled, rows, expired, rejected = reply
+        # The script leased every delivery, including one replayed from the reply of a
+        # landed first attempt, until this attempt's time plus the lease.
         lease_until = now + lease
-        args: list[Any] = [
-            repr(now),
-            _bucket(now),
-            os.urandom(12).hex(),
-            repr(lease_until),
-            worker,
-            max(limit, 0),
-            len(ordered),
-            *ordered,
-            len(settlements),
-        ]
-        for settlement in settlements:
-            _settlement_args(settlement, now, args)
-        settled, rows, expired = self._run("exchange", args)
         for i in range(0, len(expired), 4):
             logger.warning(
                 "lease expired, message redelivered message_id=%s queue=%s worker=%s deliveries=%s",
@@ -414,18 +444,19 @@ class RedisBackend(ExchangeShortcuts):
             )
             for i in range(0, len(rows), 7)
         ]
+        _log_rejected(rejected)
         return [bool(int(flag)) for flag in settled], deliveries
 
     def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
         """Extend leases to ``lease`` seconds from now; false where the lease was lost."""
         if not deliveries:
             return []
-        now = self.clock()
-        lease_until = now + lease
-        args: list[Any] = [repr(now), repr(lease_until)]
+        values: list[Any] = []
         for delivery in deliveries:
-            args += [delivery.message_id, delivery.queue, delivery.fence]
-        held = [bool(int(flag)) for flag in self._run("extend", args)]
+            values += [delivery.message_id, delivery.queue, delivery.fence]
+        now, reply = self._run_timed("extend", lambda now: [repr(now), repr(now + lease), *values])
+        lease_until = now + lease
+        held = [bool(int(flag)) for flag in reply]
         for delivery, ok in zip(deliveries, held, strict=True):
             if ok:
                 delivery.lease_until = lease_until
@@ -434,16 +465,15 @@ class RedisBackend(ExchangeShortcuts):
     # -- job records
 
     def get_job(self, job_id: str) -> JobRecord | None:
-        now = self.clock()
         fields = self._retrying(lambda client: client.hmget(self.layout.job(job_id), JOB_FIELDS))
-        return _job_from_fields(job_id, fields, now)
+        return _job_from_fields(job_id, fields, self.clock())
 
     def get_jobs(self, job_ids: Sequence[str]) -> list[JobRecord]:
-        now = self.clock()
         records: list[JobRecord] = []
         for start in range(0, len(job_ids), BATCH):
             chunk = list(job_ids[start : start + BATCH])
             rows = self._retrying(functools.partial(self._read_jobs, chunk))
+            now = self.clock()
             for job_id, fields in zip(chunk, rows, strict=True):
                 record = _job_from_fields(job_id, fields, now)
                 if record is not None:
@@ -457,9 +487,11 @@ class RedisBackend(ExchangeShortcuts):
         return pipeline.execute()
 
     def request_cancel(self, job_id: str, retention: float) -> JobRecord | None:
-        now = self.clock()
-        args = [repr(now), job_id, repr(now + retention), _milliseconds(retention)]
-        if self._run("cancel", args) is None:
+        retention_ms = _milliseconds(retention)
+        _, state = self._run_timed(
+            "cancel", lambda now: [repr(now), job_id, repr(now + retention), retention_ms]
+        )
+        if state is None:
             return None
         return self.get_job(job_id)
 
@@ -481,10 +513,14 @@ class RedisBackend(ExchangeShortcuts):
         return bool(self._run("progress", [job_id, fence, repr(float(fraction)), text]))
 
     def purge_expired(self, now: float | None = None) -> int:
-        now = self.clock() if now is None else now
+        fixed = now
+
+        def build(current: float) -> list[Any]:
+            return [repr(current if fixed is None else fixed), BATCH]
+
         total = 0
         for _ in range(10_000):  # At most 5 million records in one call.
-            count = int(self._run("purge_expired", [repr(now), BATCH]))
+            count = int(self._run_timed("purge_expired", build)[1])
             total += count
             if count < BATCH:
                 break
@@ -500,8 +536,8 @@ class RedisBackend(ExchangeShortcuts):
     # -- queues and dead letters
 
     def stats(self, queue: str | None = None) -> list[QueueStats]:
-        now = self.clock()
-        rows = self._run("stats", [repr(now), *([queue] if queue else [])])
+        names = [queue] if queue else []
+        now, rows = self._run_timed("stats", lambda now: [repr(now), *names])
         result = [_stats_from_row(row, now) for row in rows]
         return sorted(result, key=lambda stats: stats.name)
 
@@ -528,7 +564,9 @@ class RedisBackend(ExchangeShortcuts):
     def retry_dead(self, queue: str, message_ids: Sequence[str] | None = None) -> int:
         if message_ids is not None and not message_ids:
             return 0
-        count = int(self._run("retry_dead", [repr(self.clock()), queue, *(message_ids or [])]))
+        ids = list(message_ids or [])
+        _, reply = self._run_timed("retry_dead", lambda now: [repr(now), queue, *ids])
+        count = int(reply)
         if count:
             logger.info("dead letters retried queue=%s count=%d", queue, count)
         return count
@@ -575,9 +613,11 @@ class RedisBackend(ExchangeShortcuts):
     # -- shared state: locks and compare-and-set values
 
     def acquire_lock(self, name: str, holder: str, ttl: float) -> bool:
-        now = self.clock()
-        args = [name, holder, repr(now), repr(now + ttl), _milliseconds(ttl)]
-        return bool(self._run("acquire_lock", args))
+        ttl_ms = _milliseconds(ttl)
+        _, reply = self._run_timed(
+            "acquire_lock", lambda now: [name, holder, repr(now), repr(now + ttl), ttl_ms]
+        )
+        return bool(reply)
 
     def release_lock(self, name: str, holder: str) -> bool:
         return bool(self._run("release_lock", [name, holder]))
@@ -767,6 +807,30 @@ def _settlement_args(settlement: Settlement, now: float, args: list[Any]) -> Non
         _milliseconds(update.retention),
         1 if update.count_attempt else 0,
     )
+
+
+def _log_rejected(rejected: Sequence[Any]) -> None:
+    """Log the malformed messages an ``EXCHANGE`` call dead-lettered or removed.
+
+    ``rejected`` holds four values per message: id, queue, ``dead`` or
+    ``removed``, and the reason.
+    """
+    for i in range(0, len(rejected), 4):
+        message_id, queue, outcome, reason = (_text(value) for value in rejected[i : i + 4])
+        if outcome == "dead":
+            logger.error(
+                "malformed message dead-lettered message_id=%s queue=%s reason=%s",
+                message_id,
+                queue,
+                reason,
+            )
+        else:
+            logger.warning(
+                "malformed message removed from its queue message_id=%s queue=%s reason=%s",
+                message_id,
+                queue,
+                reason,
+            )
 
 
 def _optional(value: bytes | None) -> bytes:

@@ -57,6 +57,44 @@ local function call_chunked(command, key, values)
   end
 end
 
+-- Return the finite number that a stored text holds, or nil. Lua's tonumber also reads
+-- 'inf', 'nan' and hexadecimal, which ZADD or Python's float() reject.
+local function finite(text)
+  if type(text) ~= 'string' or string.find(text, '[xX]') then return nil end
+  local number = tonumber(text)
+  if number == nil or number ~= number or number == math.huge or number == -math.huge then
+    return nil
+  end
+  return number
+end
+
+-- Return the non-negative integer that a stored text holds, or nil. Only plain
+-- digits without a leading zero pass, as HINCRBY requires.
+local function counter(text)
+  if type(text) ~= 'string' or #text > 15 then return nil end
+  if text ~= '0' and not string.match(text, '^[1-9]%d*$') then return nil end
+  return tonumber(text)
+end
+
+-- Read fields of a hash, or return nil and the error when the key holds another type,
+-- which would make HMGET fail the whole script.
+local function read_hash(key, ...)
+  local reply = redis.pcall('HMGET', key, ...)
+  if reply.err then return nil, reply.err end
+  return reply
+end
+
+-- Return why a message field cannot be used: it is missing, or parse rejects it.
+-- Returns nil for a usable field.
+local function field_problem(name, value, parse, expected)
+  if not value then return 'corrupt message: ' .. name .. ' is missing' end
+  if parse and parse(value) == nil then
+    return 'corrupt message: ' .. name .. ' is not ' .. expected .. ' (' ..
+      string.sub(value, 1, 40) .. ')'
+  end
+  return nil
+end
+
 local function make_ready(queue, id, priority, order_at)
   redis.call('ZADD', qkey(queue, 'ready:' .. priority), order_at, id)
   redis.call('ZADD', qkey(queue, 'levels'), -tonumber(priority), priority)
@@ -84,10 +122,11 @@ local function queue_length(queue)
     + redis.call('ZCARD', qkey(queue, 'leased'))
 end
 
+-- Return the earlier of two times; a missing or corrupt second time is ignored.
 local function earlier(first, second)
-  if first == nil or (second ~= nil and tonumber(second) < tonumber(first)) then
-    return second
-  end
+  local candidate = finite(second)
+  if candidate == nil then return first end
+  if first == nil or candidate < tonumber(first) then return second end
   return first
 end
 
@@ -155,19 +194,20 @@ end
 """
 
 #: Create messages (and job records) in one queue, all or none, under the bound.
-#: ARGV: tag, now, bucket, queue, max_length, max_wait ('' for none), count, then per
-#: message: id, body, priority, ready_at, enqueued_at, task ('' for a plain message),
-#: idempotency key ('' for none).
+#: ARGV: tag, now, bucket, queue, max_length, max_wait ('' for none), declared, count,
+#: then per message: id, body, priority, ready_at, enqueued_at, task ('' for a plain
+#: message), idempotency key ('' for none). declared is '1' to store the bounds for
+#: stats, or '' to keep the stored ones.
 #: Returns {'ok', {id, created, ...}} or {'full', reason, excess, rate row}.
 ENQUEUE = (
     COMMON
     + """
 local now, bucket, queue = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local max_length, max_wait = tonumber(ARGV[5]), tonumber(ARGV[6])
-local count = tonumber(ARGV[7])
+local count = tonumber(ARGV[8])
 local results, fresh, seen = {}, {}, {}
 for i = 0, count - 1 do
-  local base = 8 + i * 7
+  local base = 9 + i * 7
   local id, key = ARGV[base], ARGV[base + 6]
   local existing = nil
   if redis.call('EXISTS', mkey(id), jkey(id)) > 0 then
@@ -212,11 +252,14 @@ if max_wait then
 end
 
 redis.call('SADD', KEYS[1], queue)
-if max_wait then
-  redis.call('HSET', qkey(queue, 'meta'), 'max_length', ARGV[5], 'max_wait', ARGV[6])
-else
-  redis.call('HSET', qkey(queue, 'meta'), 'max_length', ARGV[5])
-  redis.call('HDEL', qkey(queue, 'meta'), 'max_wait')
+-- Bounds that are not declared, such as a webhook delivery's, leave the stored ones unchanged.
+if ARGV[7] == '1' then
+  if max_wait then
+    redis.call('HSET', qkey(queue, 'meta'), 'max_length', ARGV[5], 'max_wait', ARGV[6])
+  else
+    redis.call('HSET', qkey(queue, 'meta'), 'max_length', ARGV[5])
+    redis.call('HDEL', qkey(queue, 'meta'), 'max_wait')
+  end
 end
 local ready_now = false
 for _, base in ipairs(fresh) do
@@ -256,17 +299,42 @@ return {'ok', results}
 #: expires_at, retention_ms, count_attempt. The optional values (result,
 #: error_traceback, note) are '' for none. Otherwise they carry one leading '=', so
 #: that an empty value stays distinct from none.
-#: Returns {settled flags, deliveries (7 fields each), expired leases (4 fields each)}.
+#: Returns {settled flags, deliveries (7 fields each), expired leases (4 fields each),
+#: rejected messages (4 fields each: id, queue, 'dead' or 'removed', reason)}.
+#:
+#: Every field read from a message hash is checked before the script writes what
+#: depends on it, because Redis keeps the writes of a script that fails partway. A
+#: message with a missing or corrupt field goes to the dead-letter queue with the
+#: reason, and an id whose hash is missing (or is no hash) leaves its set.
 EXCHANGE = (
     COMMON
     + """
 local now_text, bucket, token = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local now = tonumber(now_text)
+local lease_until, worker, limit = ARGV[5], ARGV[6], tonumber(ARGV[7])
+
+-- The reply of a retried call whose first attempt landed. Each delivery of that
+-- attempt whose message is still leased under its fence gets its lease renewed until
+-- this attempt's lease_until, so the caller can trust the lease_until it computes.
+-- A delivery that another call took back after its lease expired is left out.
+local function replay(reply)
+  local old, renewed = reply[2], {}
+  for n = 1, #old, 7 do
+    local id, queue, fence = old[n], old[n + 1], old[n + 2]
+    local leased = redis.call('ZSCORE', qkey(queue, 'leased'), id)
+    if leased and tonumber(redis.pcall('HGET', mkey(id), 'fence')) == fence then
+      redis.call('ZADD', qkey(queue, 'leased'), 'XX', lease_until, id)
+      for k = 0, 6 do renewed[#renewed + 1] = old[n + k] end
+    end
+  end
+  reply[2] = renewed
+  return reply
+end
+
 if token ~= '' then
   local cached = redis.call('GET', P .. ':reply:' .. token)
-  if cached then return cmsgpack.unpack(cached) end
+  if cached then return replay(cmsgpack.unpack(cached)) end
 end
-local lease_until, worker, limit = ARGV[5], ARGV[6], tonumber(ARGV[7])
 local queue_count = tonumber(ARGV[8])
 local queues = {}
 for i = 1, queue_count do queues[i] = ARGV[8 + i] end
@@ -281,16 +349,67 @@ end
 -- Commands that many settlements share, sent once per call after the settling loop:
 -- the ZREM of leases by queue, the DEL of acked messages and the ZADD to {P}:expiring.
 local unleased, acked, expiring = {}, {}, {}
+local wake, results = false, false
+local rejected = {}
+
+local function reject(id, queue, outcome, reason)
+  local n = #rejected
+  rejected[n + 1], rejected[n + 2], rejected[n + 3], rejected[n + 4] = id, queue, outcome, reason
+end
+
+-- Fail the job record of a message that cannot run, unless it is final already.
+-- NOTE: the record gets no expiry, because the script does not know the app's
+-- retention; it stays until its dead letter is retried or someone deletes it.
+local function fail_job(id, reason)
+  local job = jkey(id)
+  local record = read_hash(job, 'state', 'version')
+  if not record or not record[1] then return end
+  local state = record[1]
+  if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return end
+  redis.call('HSET', job, 'state', 'failed', 'version', integer((finite(record[2]) or 0) + 1),
+    'error_type', 'sluicegate.errors.DecodeError', 'error_message', reason, 'note', reason,
+    'finished_at', now_text)
+  redis.call('HDEL', job, 'expires_at', 'error_traceback')
+  results = true
+end
+
+-- Dead-letter a message whose hash exists but holds a missing or corrupt field.
+local function bury(queue, id, reason)
+  local message = mkey(id)
+  redis.call('HSET', message, 'reason', reason, 'dead_at', now_text)
+  redis.call('HDEL', message, 'worker')
+  redis.call('ZADD', qkey(queue, 'dead'), now_text, id)
+  fail_job(id, reason)
+  reject(id, queue, 'dead', reason)
+end
+
+-- Note an id whose message hash is missing, or whose key holds another type; the caller
+-- has taken it out of its set already.
+local function drop(queue, id, reason)
+  fail_job(id, reason)
+  reject(id, queue, 'removed', reason)
+end
+
+-- Return why a message key cannot be read as a message, or nil when it is a hash.
+-- A hash without any of the fields read is checked for existence, off the fast path.
+local function missing(id, fields, err)
+  if not fields then return 'message key holds no hash: ' .. err end
+  for i = 1, #fields do
+    if fields[i] then return nil end
+  end
+  if redis.call('EXISTS', mkey(id)) == 0 then return 'message hash is missing' end
+  return nil
+end
 
 -- Write a settlement's job update, and return whether the job is now final. Returns
 -- false for a job record that does not exist. A success or failure of a job without an
 -- idempotency key takes one HMGET, one HSET and one PEXPIRE.
 local function update_job(id, base, action)
   local job = jkey(id)
-  local record = redis.call('HMGET', job, 'state', 'version', 'idempotency_key')
-  if not record[1] then return false end
+  local record = read_hash(job, 'state', 'version', 'idempotency_key')
+  if not record or not record[1] then return false end
   local state = ARGV[base + 7]
-  local fields = {'state', state, 'version', integer((tonumber(record[2]) or 0) + 1)}
+  local fields = {'state', state, 'version', integer((finite(record[2]) or 0) + 1)}
   local result, traceback, note = optional(ARGV[base + 8]), optional(ARGV[base + 11]),
     optional(ARGV[base + 12])
   if result then push_pair(fields, 'result', result) end
@@ -323,8 +442,21 @@ local function update_job(id, base, action)
   return final
 end
 
+-- Return why a settlement that puts its message back cannot, or nil. Every such action
+-- needs the priority (a delayed one at its promotion), a release the order_at, and a
+-- release or deferral the deliveries counter that it decrements.
+local function requeue_problem(action, fields)
+  local problem = field_problem('priority', fields[1], finite, 'a number')
+  if not problem and action == 'release' then
+    problem = field_problem('order_at', fields[2], finite, 'a number')
+  end
+  if not problem and (action == 'release' or action == 'defer') then
+    problem = field_problem('deliveries', fields[3], counter, 'a non-negative integer')
+  end
+  return problem
+end
+
 local settled, completed = {}, {}
-local wake, results = false, false
 local done = {}
 for i = 0, settle_count - 1 do
   local base = first_settlement + i * 16
@@ -335,22 +467,28 @@ for i = 0, settle_count - 1 do
   -- removes it from the lease set is still in the batch.
   if not done[id] then
     local leased = redis.call('ZSCORE', qkey(queue, 'leased'), id)
-    ok = leased and tonumber(leased) >= now and redis.call('HGET', message, 'fence') == fence
+    -- pcall: a message key of another type fails the fence check instead of the script.
+    ok = leased and tonumber(leased) >= now and redis.pcall('HGET', message, 'fence') == fence
     if ok then
       done[id] = true
       local ids = unleased[queue] or {}
       unleased[queue] = ids
       ids[#ids + 1] = id
-      local priority, order_at
+      local priority, order_at, problem
       if action == 'ack' then
         acked[#acked + 1] = message
         completed[queue] = (completed[queue] or 0) + 1
-      else
-        local fields = redis.call('HMGET', message, 'priority', 'order_at')
+      elseif action ~= 'dead' then
+        local fields = redis.call('HMGET', message, 'priority', 'order_at', 'deliveries')
         priority, order_at = fields[1], fields[2]
+        problem = requeue_problem(action, fields)
+        if not problem then redis.call('HDEL', message, 'worker') end
+      else
         redis.call('HDEL', message, 'worker')
       end
-      if (action == 'retry' or action == 'defer') and ARGV[base + 4] ~= '' then
+      if problem then
+        bury(queue, id, problem)
+      elseif (action == 'retry' or action == 'defer') and ARGV[base + 4] ~= '' then
         -- A deferral gives the message back unrun: its delivery does not count.
         if action == 'defer' then redis.call('HINCRBY', message, 'deliveries', -1) end
         redis.call('HSET', message, 'order_at', ARGV[base + 4])
@@ -370,7 +508,10 @@ for i = 0, settle_count - 1 do
         redis.call('ZADD', qkey(queue, 'dead'), now_text, id)
         completed[queue] = (completed[queue] or 0) + 1
       end
-      if ARGV[base + 6] == '1' and update_job(id, base, action) then results = true end
+      -- A buried message's job was failed with the reason instead of this update.
+      if not problem and ARGV[base + 6] == '1' and update_job(id, base, action) then
+        results = true
+      end
     end
   end
   table.insert(settled, ok and 1 or 0)
@@ -387,53 +528,88 @@ local function promote(queue, expired)
   local due = redis.call('ZRANGEBYSCORE', qkey(queue, 'delayed'), '-inf', now_text,
     'WITHSCORES', 'LIMIT', 0, 1000)
   for j = 1, #due, 2 do
-    redis.call('ZREM', qkey(queue, 'delayed'), due[j])
-    local priority = redis.call('HGET', mkey(due[j]), 'priority')
-    if priority then make_ready(queue, due[j], priority, due[j + 1]) end
+    local id = due[j]
+    redis.call('ZREM', qkey(queue, 'delayed'), id)
+    local fields, err = read_hash(mkey(id), 'priority')
+    local unreadable = missing(id, fields, err)
+    local problem = not unreadable and field_problem('priority', fields[1], finite, 'a number')
+    if unreadable then
+      drop(queue, id, unreadable)
+    elseif problem then
+      bury(queue, id, problem)
+    else
+      make_ready(queue, id, fields[1], due[j + 1])
+    end
   end
   local lapsed = redis.call('ZRANGEBYSCORE', qkey(queue, 'leased'), '-inf', '(' .. now_text,
     'LIMIT', 0, 1000)
   for _, id in ipairs(lapsed) do
-    local fields = redis.call('HMGET', mkey(id), 'priority', 'order_at', 'worker', 'deliveries')
+    local fields, err = read_hash(mkey(id), 'priority', 'order_at', 'worker', 'deliveries')
     redis.call('ZREM', qkey(queue, 'leased'), id)
-    redis.call('HDEL', mkey(id), 'worker')
-    if fields[1] then make_ready(queue, id, fields[1], fields[2]) end
-    if redis.call('HGET', jkey(id), 'state') == 'running' then
-      redis.call('HSET', jkey(id), 'state', 'queued')
-      redis.call('HINCRBY', jkey(id), 'version', 1)
+    local unreadable = missing(id, fields, err)
+    local problem = not unreadable and (field_problem('priority', fields[1], finite, 'a number')
+      or field_problem('order_at', fields[2], finite, 'a number'))
+    if unreadable then
+      drop(queue, id, unreadable)
+    elseif problem then
+      bury(queue, id, problem)
+    else
+      redis.call('HDEL', mkey(id), 'worker')
+      make_ready(queue, id, fields[1], fields[2])
+      local job = read_hash(jkey(id), 'state')
+      if job and job[1] == 'running' then
+        redis.call('HSET', jkey(id), 'state', 'queued')
+        redis.call('HINCRBY', jkey(id), 'version', 1)
+      end
+      local n = #expired
+      expired[n + 1], expired[n + 2], expired[n + 3], expired[n + 4] =
+        id, queue, fields[3] or '', fields[4] or '0'
     end
-    local n = #expired
-    expired[n + 1], expired[n + 2], expired[n + 3], expired[n + 4] =
-      id, queue, fields[3] or '', fields[4] or '0'
   end
 end
 
--- Lease one message taken from a ready set, or return false if the message is gone.
--- Each hash is read with one HMGET and written with one HSET.
+-- Read a message taken from a ready set, and its job record, without writing. Returns
+-- {fields, record}, or {problem = reason, outcome = 'dead' or 'removed'}.
+local function inspect(id)
+  local fields, err = read_hash(mkey(id), 'fence', 'deliveries', 'body', 'enqueued_at')
+  local unreadable = missing(id, fields, err)
+  if unreadable then return {problem = unreadable, outcome = 'removed'} end
+  local problem = field_problem('fence', fields[1], counter, 'a non-negative integer')
+    or field_problem('deliveries', fields[2], counter, 'a non-negative integer')
+    or field_problem('body', fields[3])
+    or field_problem('enqueued_at', fields[4], finite, 'a number')
+  if problem then return {problem = problem, outcome = 'dead'} end
+  local record, job_err = read_hash(jkey(id), 'state', 'attempts', 'version',
+    'cancel_requested')
+  if not record then
+    return {problem = 'job record holds no hash: ' .. job_err, outcome = 'dead'}
+  end
+  return {fields, record}
+end
+
+-- Lease one inspected message. Each hash is written with one HSET.
 -- Counters stay far below 2^53, so Lua numbers hold them exactly.
-local function lease(queue, id, deliveries, leases)
-  local message = mkey(id)
-  local fields = redis.call('HMGET', message, 'fence', 'deliveries', 'body', 'enqueued_at')
-  if not fields[1] then return false end
-  local fence, count = tonumber(fields[1]) + 1, tonumber(fields[2]) + 1
-  redis.call('HSET', message, 'fence', integer(fence), 'deliveries', integer(count),
+local function lease(queue, id, inspected, deliveries, leases)
+  local fields, record = inspected[1], inspected[2]
+  local fence, count = counter(fields[1]) + 1, counter(fields[2]) + 1
+  redis.call('HSET', mkey(id), 'fence', integer(fence), 'deliveries', integer(count),
     'worker', worker)
   push_pair(leases, lease_until, id)
   local cancel = 0
-  local job = jkey(id)
-  local record = redis.call('HMGET', job, 'state', 'attempts', 'version', 'cancel_requested')
   if record[1] then
-    redis.call('HSET', job, 'state', 'running', 'started_at', now_text,
-      'attempts', integer((tonumber(record[2]) or 0) + 1),
-      'version', integer((tonumber(record[3]) or 0) + 1))
+    redis.call('HSET', jkey(id), 'state', 'running', 'started_at', now_text,
+      'attempts', integer((finite(record[2]) or 0) + 1),
+      'version', integer((finite(record[3]) or 0) + 1))
     if record[4] == '1' then cancel = 1 end
   end
   local n = #deliveries
   deliveries[n + 1], deliveries[n + 2], deliveries[n + 3] = id, queue, fence
   deliveries[n + 4], deliveries[n + 5], deliveries[n + 6] = count, fields[4], fields[3]
   deliveries[n + 7] = cancel
-  return true
 end
+
+-- At most this many malformed messages are rejected per call, to keep one script short.
+local MAX_REJECTED = 1000
 
 local deliveries, expired = {}, {}
 local remaining = limit
@@ -443,18 +619,35 @@ for _, queue in ipairs(queues) do
   -- Lease entries of this queue, added with one ZADD after its ready sets.
   local leases = {}
   for _, priority in ipairs(levels(queue)) do
-    if remaining <= 0 then break end
+    if remaining <= 0 or #rejected >= 4 * MAX_REJECTED then break end
     local key = qkey(queue, 'ready:' .. priority)
-    -- ZRANGE and ZREMRANGEBYRANK rather than ZPOPMIN, which also returns each score
-    -- as a float that Redis formats and Lua parses, about twice the cost per message.
-    local requested = remaining
-    local ids = redis.call('ZRANGE', key, 0, requested - 1)
-    redis.call('ZREMRANGEBYRANK', key, 0, requested - 1)
-    for _, id in ipairs(ids) do
-      if lease(queue, id, deliveries, leases) then remaining = remaining - 1 end
+    local emptied = false
+    -- Each round takes out every id it read, so the loop ends with the set.
+    while remaining > 0 and not emptied and #rejected < 4 * MAX_REJECTED do
+      -- ZRANGE and ZREMRANGEBYRANK rather than ZPOPMIN, which also returns each score
+      -- as a float that Redis formats and Lua parses, about twice the cost per message.
+      local requested = remaining
+      local ids = redis.call('ZRANGE', key, 0, requested - 1)
+      -- Every id is read before any is removed, and what follows the removal cannot
+      -- fail on a message's contents, so no id leaves the set unprocessed.
+      local inspected = {}
+      for i, id in ipairs(ids) do inspected[i] = inspect(id) end
+      if #ids > 0 then redis.call('ZREMRANGEBYRANK', key, 0, #ids - 1) end
+      for i, id in ipairs(ids) do
+        local entry = inspected[i]
+        if entry.outcome == 'dead' then
+          bury(queue, id, entry.problem)
+        elseif entry.outcome then
+          drop(queue, id, entry.problem)
+        else
+          lease(queue, id, entry, deliveries, leases)
+          remaining = remaining - 1
+        end
+      end
+      -- A ZRANGE that returned fewer than requested emptied the set.
+      emptied = #ids < requested
     end
-    -- A ZRANGE that returned fewer than requested emptied the set.
-    if #ids < requested or redis.call('ZCARD', key) == 0 then
+    if emptied or redis.call('ZCARD', key) == 0 then
       redis.call('ZREM', qkey(queue, 'levels'), priority)
     end
   end
@@ -463,7 +656,7 @@ end
 
 if wake then redis.call('PUBLISH', P .. ':wake', 'retry') end
 if results then redis.call('PUBLISH', P .. ':results', 'settled') end
-local reply = {settled, deliveries, expired}
+local reply = {settled, deliveries, expired, rejected}
 if token ~= '' and (#deliveries > 0 or settle_count > 0) then
   redis.call('SET', P .. ':reply:' .. token, cmsgpack.pack(reply), 'PX', 60000)
 end
@@ -557,7 +750,7 @@ local id = ARGV[3]
 local job = jkey(id)
 local state = redis.call('HGET', job, 'state')
 if not state then return false end
-if state == 'queued' or state == 'retrying' then
+if state == 'scheduled' or state == 'queued' or state == 'retrying' then
   local message = mkey(id)
   local fields = redis.call('HMGET', message, 'queue', 'priority')
   if fields[1] then
@@ -620,9 +813,11 @@ DEAD_LETTERS = (
     + """
 local rows = {}
 for _, id in ipairs(redis.call('ZRANGE', qkey(ARGV[2], 'dead'), 0, tonumber(ARGV[3]) - 1)) do
-  local fields = redis.call('HMGET', mkey(id), 'body', 'reason', 'dead_at', 'deliveries')
-  if fields[1] then
-    table.insert(rows, {id, fields[1], fields[2] or '', fields[3] or '0', fields[4] or '0'})
+  -- A message dead-lettered for a missing body or a corrupt field is listed too.
+  local fields = read_hash(mkey(id), 'body', 'reason', 'dead_at', 'deliveries')
+  if fields and (fields[1] or fields[2]) then
+    table.insert(rows, {id, fields[1] or '', fields[2] or '', finite(fields[3]) and fields[3]
+      or '0', counter(fields[4]) and fields[4] or '0'})
   end
 end
 return rows
@@ -643,11 +838,16 @@ else
 end
 local count = 0
 for _, id in ipairs(ids) do
-  if redis.call('ZREM', dead, id) == 1 then
-    local message = mkey(id)
+  local message = mkey(id)
+  local fields = read_hash(message, 'priority')
+  -- A letter whose priority is missing or corrupt stays dead: make_ready would fail
+  -- the script after the ZREM. One whose hash is unreadable leaves the dead set.
+  if not fields or (not fields[1] and redis.call('EXISTS', message) == 0) then
+    redis.call('ZREM', dead, id)
+  elseif finite(fields[1]) and redis.call('ZREM', dead, id) == 1 then
     redis.call('HSET', message, 'order_at', now, 'deliveries', 0)
     redis.call('HDEL', message, 'reason', 'dead_at')
-    make_ready(queue, id, redis.call('HGET', message, 'priority'), now)
+    make_ready(queue, id, fields[1], now)
     local job = jkey(id)
     if redis.call('EXISTS', job) == 1 then
       unretain(id)

@@ -64,7 +64,9 @@ _JOB_COLUMNS = (
 )
 # A record past its retention reads as not found, even before purge_expired deletes it.
 _UNEXPIRED = "(expires_at IS NULL OR expires_at > ?)"
-_PENDING_JOB_STATES = ("queued", "retrying")
+# Stored states of a job whose message waits in its queue, which a cancel ends at once.
+# A job deferred by a breaker or rate limit is stored as "scheduled".
+_PENDING_JOB_STATES = ("scheduled", "queued", "retrying")
 
 # A task message that was never delivered: its job has no jobs row yet.
 _NO_JOB_ROW = "task IS NOT NULL AND fence = 0"
@@ -370,11 +372,13 @@ class SQLiteBackend(ExchangeShortcuts):
     def _admit(
         self, conn: sqlite3.Connection, queue: str, count: int, bounds: QueueBounds, now: float
     ) -> None:
+        stored = (bounds.max_length, bounds.max_wait) if bounds.declared else (None, None)
         (length,) = conn.execute(
             "INSERT INTO queues (name, max_length, max_wait) VALUES (?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET max_length = excluded.max_length, "
-            "max_wait = excluded.max_wait RETURNING length",
-            (queue, bounds.max_length, bounds.max_wait),
+            "ON CONFLICT (name) DO UPDATE SET "
+            "max_length = CASE WHEN ? THEN excluded.max_length ELSE max_length END, "
+            "max_wait = CASE WHEN ? THEN excluded.max_wait ELSE max_wait END RETURNING length",
+            (queue, *stored, bounds.declared, bounds.declared),
         ).fetchone()
         if length + count > bounds.max_length:
             excess = length + count - bounds.max_length
@@ -447,9 +451,10 @@ class SQLiteBackend(ExchangeShortcuts):
         """Settle and reserve as :meth:`Backend.exchange` describes, in one transaction."""
         if not settlements and (limit <= 0 or not queues):
             return [], []
-        now = self.clock()
         requeued = False
         with self._write() as conn:
+            # Read inside the transaction: waiting for the write lock must not shorten leases.
+            now = self.clock()
             settled = [self._settle_one(conn, s, now) for s in settlements]
             self._count_completed(conn, settlements, settled, now)
             requeued = any(
@@ -657,9 +662,9 @@ class SQLiteBackend(ExchangeShortcuts):
         """Extend leases to ``lease`` seconds from now; false where the lease was lost."""
         if not deliveries:
             return []
-        now = self.clock()
         held: list[bool] = []
         with self._write() as conn:
+            now = self.clock()
             for delivery in deliveries:
                 cursor = conn.execute(
                     f"UPDATE messages SET due_at = ? WHERE id = ? AND fence = ? "
@@ -757,8 +762,8 @@ class SQLiteBackend(ExchangeShortcuts):
         return True
 
     def purge_expired(self, now: float | None = None) -> int:
-        now = self.clock() if now is None else now
         with self._write() as conn:
+            now = self.clock() if now is None else now
             conn.execute(
                 "DELETE FROM idempotency_keys WHERE job_id IN "
                 "(SELECT id FROM jobs WHERE expires_at <= ?)",
@@ -823,9 +828,9 @@ class SQLiteBackend(ExchangeShortcuts):
         return [DeadLetter(r[0], r[1], r[2], r[3] or "", r[4] or 0.0, r[5]) for r in rows]
 
     def retry_dead(self, queue: str, message_ids: Sequence[str] | None = None) -> int:
-        now = self.clock()
         where, params = _dead_filter(queue, message_ids)
         with self._write() as conn:
+            now = self.clock()
             ids = [row[0] for row in conn.execute(f"SELECT id FROM messages {where}", params)]
             conn.executemany(
                 f"UPDATE messages SET state = {READY}, order_at = ?, deliveries = 0, "
@@ -881,8 +886,8 @@ class SQLiteBackend(ExchangeShortcuts):
     # -- shared state: locks and compare-and-set values
 
     def acquire_lock(self, name: str, holder: str, ttl: float) -> bool:
-        now = self.clock()
         with self._write() as conn:
+            now = self.clock()
             row = conn.execute(
                 "SELECT holder, expires_at FROM locks WHERE name = ?", (name,)
             ).fetchone()
