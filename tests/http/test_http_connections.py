@@ -104,9 +104,8 @@ def test_trickled_body_gets_408(server: Deployment) -> None:
         sent = 0
         deadline = time.monotonic() + SOCKET_TIMEOUT
         # One byte per TRICKLE_INTERVAL, never idle for the timeout, until the server responds.
-        # NOTE: a byte that arrives after the server closed makes its kernel reset the
-        # connection, which can discard the 408; the server does no lingering close. A
-        # longer interval makes that rarer but does not rule it out.
+        # A byte sent after the response gets no reset: the server closes with a lingering
+        # close (test_closing_connection_reads_on).
         while not select.select([sock], [], [], TRICKLE_INTERVAL)[0]:
             assert time.monotonic() < deadline, "no response to a trickled body"
             sock.sendall(body[sent : sent + 1])
@@ -147,6 +146,20 @@ def test_early_response_closes_connection(server: Deployment) -> None:
     assert status == 401
     assert "connection: close" in response_headers
     assert elapsed < SOCKET_TIMEOUT
+
+
+def test_closing_connection_reads_on(server: Deployment) -> None:
+    # After an early answer the server half-closes and reads on for a while, so bytes the
+    # client sends after the answer get no reset, which could discard the answer.
+    headers = {"Content-Type": "application/json", "Content-Length": "100000"}
+    with connect(server) as sock:
+        sock.sendall(request_head(headers) + b'{"task"')
+        response = read_until_closed(sock)
+        sock.sendall(b" " * 1000)
+        select.select([sock], [], [], 0.5)  # A reset from a closed socket would come now.
+        sock.sendall(b" " * 1000)
+        assert sock.recv(1) == b""
+    assert status_and_headers(response)[0] == 401
 
 
 def test_complete_request_keeps_connection(server: Deployment) -> None:

@@ -107,12 +107,16 @@ def serve(
     # NOTE: uvicorn 0.55 times only idle keep-alive connections (timeout_keep_alive).
     # Its h11 protocol bounds the header size (h11_max_incomplete_event_size) but not
     # the time to send the headers. BodyLimits bounds the time to send the body.
-    # http="h11" even where httptools is installed, because uvicorn's httptools protocol
+    # h11 even where httptools is installed, because uvicorn's httptools protocol
     # has no such bound: it read a 100 MB header without a 400 (uvicorn 0.55, httptools
     # 0.9.0).
+    # LingeringH11Protocol is uvicorn's h11 protocol, with a lingering close so that a
+    # client still sending when the server answers early gets the answer, not a reset.
+    from sluicegate.http.lingering import LingeringH11Protocol
+
     config = uvicorn.Config(
         api,
-        http="h11",
+        http=LingeringH11Protocol,
         log_config=None,
         access_log=access_log,
         timeout_graceful_shutdown=5,
