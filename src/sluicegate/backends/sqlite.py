@@ -604,6 +604,7 @@ class SQLiteBackend(ExchangeShortcuts):
                 f"WHERE queue = ? AND state = {READY} ORDER BY prio, order_at LIMIT ?",
                 (queue, limit - len(rows)),
             ).fetchall()
+        rows = self._drop_corrupt(conn, rows, now)
         if not rows:
             return []
         lease_until = now + lease
@@ -626,6 +627,51 @@ class SQLiteBackend(ExchangeShortcuts):
             )
             for message_id, queue, fence, deliveries, enqueued_at, body, *_ in rows
         ]
+
+    @staticmethod
+    def _drop_corrupt(conn: sqlite3.Connection, rows: list[Any], now: float) -> list[Any]:
+        """Dead-letter the rows whose counters or body are corrupt; return the others.
+
+        A corrupt row (a fence that is not an integer, say, written by hand) would
+        otherwise fail every reserve and stop the queue. Its job, if it is a task
+        message, is recorded failed with the reason.
+        """
+        valid = []
+        for row in rows:
+            problem = _corrupt_field(row)
+            if problem is None:
+                valid.append(row)
+                continue
+            message_id, queue, task = row[0], row[1], row[6]
+            reason = f"corrupt message: {problem}"
+            logger.error(
+                "message dead-lettered message_id=%s queue=%s reason=%s", message_id, queue, reason
+            )
+            conn.execute(
+                f"UPDATE messages SET state = {DEAD}, due_at = NULL, worker = NULL, reason = ?, "
+                "dead_at = ?, "
+                "fence = CASE WHEN typeof(fence) = 'integer' AND fence > 0 THEN fence ELSE 1 END, "
+                "deliveries = CASE WHEN typeof(deliveries) = 'integer' AND deliveries >= 0 "
+                "  THEN deliveries ELSE 0 END, "
+                "enqueued_at = CASE WHEN typeof(enqueued_at) IN ('integer', 'real') "
+                "  THEN enqueued_at ELSE ? END "
+                "WHERE id = ?",
+                (reason, now, now, message_id),
+            )
+            if task is None:
+                continue
+            # NOTE: the backend does not know the app's retention, so this record has no expiry.
+            conn.execute(
+                "INSERT INTO jobs (id, task, queue, state, created_at, eta, finished_at, "
+                "error_type, error_message, note) "
+                "VALUES (?, ?, ?, 'failed', ?, ?, ?, 'sluicegate.errors.DecodeError', ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET state = 'failed', "
+                "finished_at = excluded.finished_at, error_type = excluded.error_type, "
+                "error_message = excluded.error_message, "
+                "note = excluded.note, version = version + 1",
+                (message_id, str(task), str(queue), now, now, now, reason, reason),
+            )
+        return valid
 
     @staticmethod
     def _start_jobs(conn: sqlite3.Connection, rows: list[Any], now: float) -> set[str]:
@@ -982,6 +1028,20 @@ def _recent_counts(row: Sequence[Any], now: float) -> tuple[int, int, float]:
     if bucket == current - 1:
         return enqueued_now, completed_now, window
     return 0, 0, window
+
+
+def _corrupt_field(row: Sequence[Any]) -> str | None:
+    """Return what is corrupt in a message row as ``_reserve`` reads it, or None."""
+    _, _, fence, deliveries, enqueued_at, body, *_ = row
+    if type(fence) is not int or fence < 0:
+        return f"fence is not a non-negative integer ({fence!r})"
+    if type(deliveries) is not int or deliveries < 0:
+        return f"deliveries is not a non-negative integer ({deliveries!r})"
+    if type(enqueued_at) not in (int, float):
+        return f"enqueued_at is not a number ({enqueued_at!r})"
+    if not isinstance(body, bytes):
+        return f"body is not a blob ({type(body).__name__})"
+    return None
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
