@@ -317,11 +317,33 @@ class WorkerCore:
         return verdict.wait
 
     def _run_admitted(self, entry: Running, task: Task[Any, Any], call: TaskCall) -> None:
-        """Run an attempt once its rate-limit wait is over, unless it was given back."""
+        """Run an attempt once its rate-limit wait is over, unless given back or cancelled."""
         if self.running.get(entry.delivery.message_id) is not entry:
             self._settle_guard(entry, None)  # Given back at shutdown meanwhile.
             return
+        if entry.context is not None and entry.context._cancel_requested:
+            logger.info("job cancelled before start job_id=%s task=%s", call.job_id, task.name)
+            self._finish(entry, RunOutcome("cancelled"))
+            return
         self._run(entry, task, call)
+
+    def _note_cancel_request(self, entry: Running) -> None:
+        """Ask the backend whether the job of ``entry`` got a cancel request (blocking).
+
+        A job held for its rate-limit slot waits up to half a second, as long as
+        the heartbeat's interval, so it asks once more before it starts.
+        """
+        try:
+            requested = self.backend.cancel_requests([entry.delivery.message_id])
+        except Exception as exc:
+            logger.warning(
+                "cancel request not read, job starts job_id=%s error=%r",
+                entry.delivery.message_id,
+                exc,
+            )
+            return
+        if entry.delivery.message_id in requested and entry.context is not None:
+            entry.context.request_cancel()
 
     def _run(self, entry: Running, task: Task[Any, Any], call: TaskCall) -> None:
         delivery = entry.delivery

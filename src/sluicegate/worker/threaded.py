@@ -332,9 +332,13 @@ class ThreadWorker(WorkerCore):
         if wait is None:
             return
         if wait > 0:
-            self._timers.add(wait, self._run_admitted, entry, task, call)  # its rate-limit slot
+            self._timers.add(wait, self._run_after_wait, entry, task, call)  # its rate-limit slot
         else:
             self._run_admitted(entry, task, call)
+
+    def _run_after_wait(self, entry: Running, task: Task[Any, Any], call: TaskCall) -> None:
+        self._note_cancel_request(entry)
+        self._run_admitted(entry, task, call)
 
     def _launch(self, entry: Running, task: Task[Any, Any], call: TaskCall) -> None:
         if task.options.pool != "thread":

@@ -235,6 +235,7 @@ class Worker(WorkerCore):
         if wait > 0:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(wait)  # its reserved rate-limit slot
+            await self._call(self._note_cancel_request, entry)
         self._run_admitted(entry, task, call)
 
     def _launch(self, entry: Running, task: Task[Any, Any], call: TaskCall) -> None:
