@@ -23,19 +23,21 @@ class Outage:
 
     def __init__(self, app: sluicegate.App) -> None:
         self.down = threading.Event()
+        self.failed_calls: list[str] = []
         open_worker_backend = app.open_worker_backend
 
         def open_failing() -> Backend:
             backend = open_worker_backend()
             for name in ("exchange", "settle"):
-                setattr(backend, name, self._failing(getattr(backend, name)))
+                setattr(backend, name, self._failing(name, getattr(backend, name)))
             return backend
 
         app.open_worker_backend = open_failing  # type: ignore[method-assign]
 
-    def _failing(self, method: Any) -> Any:
+    def _failing(self, name: str, method: Any) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:
             if self.down.is_set():
+                self.failed_calls.append(name)
                 raise StoreUnavailable("backend down for the test")
             return method(*args, **kwargs)
 
@@ -72,6 +74,9 @@ def test_stop_during_outage_exits_one(
     helper.join(STEP_TIMEOUT)
 
     assert code == 1
+    # Each failed call already waited out the backend's reconnect window (60 s on
+    # Redis), so a stopping worker settles once and gives up.
+    assert outage.failed_calls.count("settle") == 1
     assert "outcomes not recorded yet" in caplog.text
     assert f"job_ids={job.id}" in caplog.text
     # The outcome never reached the store, so the job runs again after its lease.

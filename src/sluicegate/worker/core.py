@@ -121,6 +121,7 @@ class WorkerCore:
         self._pending: list[Settlement] = []
         self._stragglers = 0  # thread calls past their timeout that still occupy a thread
         self._outages = 0  # consecutive exchanges that failed, with StoreUnavailable or else
+        self._store_down = False  # a flush at shutdown found the backend unavailable
         # Breaker and rate-limit calls block on the store; they get threads of their own.
         self._guard_io = ThreadPoolExecutor(4, thread_name_prefix="sluicegate-guard")
         self._guards: dict[str, TaskGuard | None] = {}
@@ -568,7 +569,12 @@ class WorkerCore:
         self._after_settle(settlements, self.backend.settle(settlements))
 
     def _settle_failed(self, settlements: list[Settlement], error: StoreUnavailable) -> None:
-        """Keep outcomes the backend could not take for the next flush, and log them."""
+        """Keep outcomes the backend could not take, and log them.
+
+        Each call already waited out the backend's reconnect window, so a
+        stopping worker does not try again: it exits and reports them.
+        """
+        self._store_down = True
         self._pending = settlements + self._pending
         logger.error(
             "backend unavailable, outcomes not recorded yet worker=%s outcomes=%d error=%s",

@@ -170,8 +170,9 @@ class ThreadWorker(WorkerCore):
         for _ in self._threads:
             self._calls.put(None)  # A straggler's thread reads it once its call returns.
         self._guard_io.shutdown(wait=True)
-        with contextlib.suppress(StoreUnavailable):
-            self.budgets.flush()
+        if not self._store_down:
+            with contextlib.suppress(StoreUnavailable):
+                self.budgets.flush()
         self.backend.close()
 
     def _install_signals(self) -> dict[int, Any]:
@@ -444,6 +445,8 @@ class ThreadWorker(WorkerCore):
             self._give_back(entry)
 
     def _flush(self) -> None:
+        if self._store_down:
+            return  # One flush at shutdown waited out the outage already.
         settlements, self._pending = self._pending, []
         if settlements:
             try:

@@ -97,8 +97,9 @@ class Worker(WorkerCore):
             await self._call(self._process_pool.close)
         self._threads.shutdown(cancel_queued=True)
         self._guard_io.shutdown(wait=True)
-        with contextlib.suppress(StoreUnavailable):
-            await self._call(self.budgets.flush)
+        if not self._store_down:
+            with contextlib.suppress(StoreUnavailable):
+                await self._call(self.budgets.flush)
         await self._call(self.backend.close)
         self._io.shutdown(wait=True)
 
@@ -375,6 +376,8 @@ class Worker(WorkerCore):
             self._give_back(entry)
 
     async def _flush(self) -> None:
+        if self._store_down:
+            return  # One flush at shutdown waited out the outage already.
         settlements, self._pending = self._pending, []
         if settlements:
             try:
