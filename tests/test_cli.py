@@ -156,7 +156,8 @@ def test_dead_letters_retry_unknown_id(app_dir: Path) -> None:
 
     assert code == 1
     assert "1 dead letters put back" in output
-    assert "1 of the 2 message ids are not dead letters" in output
+    assert "1 of the 2 message ids were not put back" in output
+    assert "not dead letters of queue default" in output
 
 
 def test_dead_letters_ids_and_all_rejected(app_dir: Path) -> None:

@@ -99,7 +99,7 @@ def retry_dead(app_spec: str, message_ids: tuple[str, ...], queue: str, retry_al
     app = import_app(app_spec)
     count = app.queue(queue).retry_dead(None if retry_all else list(message_ids))
     click.echo(f"{count} dead letters put back on queue {queue}")
-    _check_found(message_ids, count, queue)
+    _check_found(message_ids, count, queue, "put back")
 
 
 @dead_letters.command("purge")
@@ -116,7 +116,7 @@ def purge_dead(app_spec: str, message_ids: tuple[str, ...], queue: str, purge_al
     app = import_app(app_spec)
     count = app.queue(queue).purge_dead(None if purge_all else list(message_ids))
     click.echo(f"{count} dead letters deleted from queue {queue}")
-    _check_found(message_ids, count, queue)
+    _check_found(message_ids, count, queue, "deleted")
 
 
 def _check_selection(message_ids: tuple[str, ...], every: bool, verb: str) -> None:
@@ -126,11 +126,12 @@ def _check_selection(message_ids: tuple[str, ...], every: bool, verb: str) -> No
         raise click.UsageError(f"name message ids to {verb} or pass --all, not both")
 
 
-def _check_found(message_ids: tuple[str, ...], count: int, queue: str) -> None:
-    """Exit 1 when some of ``message_ids`` were not dead letters of ``queue``."""
+def _check_found(message_ids: tuple[str, ...], count: int, queue: str, done: str) -> None:
+    """Exit 1 when some of ``message_ids`` were not acted on."""
     missing = len(set(message_ids)) - count
     if message_ids and missing > 0:
         raise click.ClickException(
-            f"{missing} of the {len(set(message_ids))} message ids are not dead letters of "
-            f"queue {queue}; check the ids with 'sluicegate dead-letters list --queue {queue}'"
+            f"{missing} of the {len(set(message_ids))} message ids were not {done}: they are "
+            f"not dead letters of queue {queue}, or (a corrupt message) cannot be queued "
+            f"again; check them with 'sluicegate dead-letters list --queue {queue}'"
         )
