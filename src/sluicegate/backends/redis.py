@@ -77,7 +77,14 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    OutOfMemoryError,
+    TryAgainError,
+)
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -255,6 +262,13 @@ class RedisBackend(ExchangeShortcuts):
                 if redirects <= MAX_REDIRECTS:
                     continue
                 error: redis.RedisError = exc
+            except OutOfMemoryError as exc:
+                # Retrying would only wait: memory frees when consumers drain or someone
+                # acts, and a producer is better told at once, like one at a full queue.
+                raise StoreUnavailable(
+                    f"Redis at {self.address} refused a write: it is at its maxmemory "
+                    f"({_brief(exc)}); raise maxmemory, free memory, or retry later"
+                ) from exc
             except RETRIED_ERRORS as exc:
                 self._route.failed(client)
                 error = exc

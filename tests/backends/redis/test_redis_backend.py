@@ -18,7 +18,7 @@ from sluicegate.errors import ConfigurationError, StoreUnavailable
 from sluicegate.message import OutgoingMessage, new_id
 from sluicegate.store import JobState, JobUpdate, NewJob
 
-from .conftest import free_port
+from .conftest import RedisServer, free_port
 
 BOUNDS = QueueBounds()
 LEASE = 30.0
@@ -265,3 +265,22 @@ def test_sentinel_url(private_sentinel: str) -> None:
     assert record is not None
     assert record.state is JobState.SUCCEEDED
     assert backend.address.startswith("redis+sentinel://127.0.0.1:")
+
+
+def test_maxmemory_raises_store_unavailable(private_redis: RedisServer) -> None:
+    backend = RedisBackend(f"{private_redis.url}?prefix=sgoom", reconnect_timeout=30.0)
+    admin = redis.Redis(port=private_redis.port, password=private_redis.password)
+    try:
+        backend.enqueue_jobs([NewJob(message(), "t")], BOUNDS)
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", 1)  # Below what the server uses: every write is refused.
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="maxmemory"):
+            backend.enqueue_jobs([NewJob(message(), "t")], BOUNDS)
+
+        assert time.monotonic() - started < 10.0  # Raised at once, not after the retry window.
+        admin.config_set("maxmemory", 0)
+        assert backend.length("q") == 1
+    finally:
+        admin.close()
+        backend.close()
