@@ -745,10 +745,34 @@ def connect(url: str, socket_timeout: float, slot_key: str) -> Route:
     if packer is not None:
         options["command_packer"] = packer
     if scheme in CLUSTER_SCHEMES:
-        return ClusterRoute(parse_cluster_url(url), slot_key, options, describe(url))
+        cluster = parse_cluster_url(url)
+        seed = redis.Redis.from_url(cluster.node_url(*cluster.seeds[0]), **options)
+        try:
+            _check_url_options(seed, url)
+        finally:
+            seed.close()
+        return ClusterRoute(cluster, slot_key, options, describe(url))
     if scheme == "redis+sentinel":
         return FixedRoute(_sentinel_client(url, options), describe(url))
-    return FixedRoute(redis.Redis.from_url(url, **options), describe(url))
+    client = redis.Redis.from_url(url, **options)
+    _check_url_options(client, url)
+    return FixedRoute(client, describe(url))
+
+
+def _check_url_options(client: redis.Redis, url: str) -> None:
+    """Raise ``ConfigurationError`` for a URL option that redis-py's connections reject.
+
+    redis-py hands unknown query parameters to each connection it makes, so
+    without this check a misspelt option fails only at the first command.
+    """
+    pool = client.connection_pool
+    try:
+        pool.connection_class(**pool.connection_kwargs)
+    except TypeError as exc:
+        raise ConfigurationError(
+            f"invalid option in Redis URL {redact(url)!r}: {exc}; see redis-py's "
+            "Redis.from_url for the options it accepts"
+        ) from None
 
 
 def _sentinel_client(url: str, options: dict[str, Any]) -> redis.Redis:

@@ -284,3 +284,15 @@ def test_maxmemory_raises_store_unavailable(private_redis: RedisServer) -> None:
     finally:
         admin.close()
         backend.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0?prefix=sgopt&bogus=1",
+        "redis+cluster://127.0.0.1:6379/?prefix=sgopt&bogus=1",
+    ],
+)
+def test_unknown_url_option_rejected(url: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"invalid option in Redis URL .*bogus"):
+        RedisBackend(url)
