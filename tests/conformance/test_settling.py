@@ -7,7 +7,7 @@ from conformance_backends import FakeClock, job, message
 from sluicegate.backends.base import Backend
 from sluicegate.broker import Action, QueueBounds, Settlement
 from sluicegate.message import Delivery
-from sluicegate.store import JobState, JobUpdate
+from sluicegate.store import ErrorInfo, JobState, JobUpdate
 
 BOUNDS = QueueBounds()
 LEASE = 30.0
@@ -336,3 +336,42 @@ def test_empty_note_clears_note(backend: Backend, clock: FakeClock) -> None:
     assert before_success.note == "deferred by breaker b"
     assert cleared is not None
     assert cleared.note is None
+
+
+def test_success_clears_earlier_error(backend: Backend, clock: FakeClock) -> None:
+    new = job(clock)
+    backend.enqueue_jobs([new], BOUNDS)
+    first = reserve_one(backend)
+    error = ErrorInfo("ValueError", "attempt 1 fails", "Traceback ...")
+    backend.settle([Settlement(first, Action.RETRY, JobUpdate(JobState.RETRYING, error=error))])
+    retrying = backend.get_job(new.message.id)
+    second = reserve_one(backend)
+
+    backend.settle([Settlement(second, Action.ACK, JobUpdate(JobState.SUCCEEDED, b"1"))])
+    succeeded = backend.get_job(new.message.id)
+
+    assert retrying is not None
+    assert retrying.error == error
+    assert succeeded is not None
+    assert succeeded.state is JobState.SUCCEEDED
+    assert succeeded.error is None
+
+
+def test_later_error_replaces_earlier(backend: Backend, clock: FakeClock) -> None:
+    # A later error without a traceback (a timeout, say) must not show the earlier one's.
+    new = job(clock)
+    backend.enqueue_jobs([new], BOUNDS)
+    first = reserve_one(backend)
+    error = ErrorInfo("ValueError", "attempt 1 fails", "Traceback ...")
+    backend.settle([Settlement(first, Action.RETRY, JobUpdate(JobState.RETRYING, error=error))])
+    second = reserve_one(backend)
+    timeout = ErrorInfo("sluicegate.errors.TaskTimeout", "timed out")
+
+    backend.settle([Settlement(second, Action.ACK, JobUpdate(JobState.FAILED, error=timeout))])
+    failed = backend.get_job(new.message.id)
+
+    assert failed is not None
+    assert failed.error is not None
+    assert failed.error.type == "sluicegate.errors.TaskTimeout"
+    assert failed.error.message == "timed out"
+    assert failed.error.traceback is None

@@ -264,15 +264,19 @@ RETURNING id, fence, queue
 """
 )
 
-# Empty error fields keep what an earlier attempt recorded, as in the SQLite backend.
+# A success clears an earlier attempt's error, a new error replaces it whole, and an
+# update without one (an empty type) keeps it, as in the SQLite backend.
 UPDATE_JOBS = """
 UPDATE {s}.jobs j SET
     state = u.state,
     version = j.version + 1,
     result = coalesce(u.result, j.result),
-    error_type = coalesce(nullif(u.error_type, ''), j.error_type),
-    error_message = coalesce(nullif(u.error_message, ''), j.error_message),
-    error_traceback = coalesce(u.error_traceback, j.error_traceback),
+    error_type = CASE WHEN u.state = 'succeeded' THEN NULL
+        WHEN u.error_type <> '' THEN u.error_type ELSE j.error_type END,
+    error_message = CASE WHEN u.state = 'succeeded' THEN NULL
+        WHEN u.error_type <> '' THEN u.error_message ELSE j.error_message END,
+    error_traceback = CASE WHEN u.state = 'succeeded' THEN NULL
+        WHEN u.error_type <> '' THEN u.error_traceback ELSE j.error_traceback END,
     note = CASE WHEN u.note IS NULL THEN j.note ELSE nullif(u.note, '') END,
     finished_at = u.finished_at,
     expires_at = u.expires_at,

@@ -413,9 +413,16 @@ local function update_job(id, base, action)
   local result, traceback, note = optional(ARGV[base + 8]), optional(ARGV[base + 11]),
     optional(ARGV[base + 12])
   if result then push_pair(fields, 'result', result) end
-  if ARGV[base + 9] ~= '' then push_pair(fields, 'error_type', ARGV[base + 9]) end
-  if ARGV[base + 10] ~= '' then push_pair(fields, 'error_message', ARGV[base + 10]) end
-  if traceback then push_pair(fields, 'error_traceback', traceback) end
+  -- A success clears an earlier attempt's error, a new error replaces it whole, and an
+  -- update without one keeps it.
+  if state == 'succeeded' then
+    redis.call('HDEL', job, 'error_type', 'error_message', 'error_traceback')
+  elseif ARGV[base + 9] ~= '' then
+    push_pair(fields, 'error_type', ARGV[base + 9])
+    push_pair(fields, 'error_message', ARGV[base + 10])
+    if traceback then push_pair(fields, 'error_traceback', traceback)
+    else redis.call('HDEL', job, 'error_traceback') end
+  end
   if note == '' then redis.call('HDEL', job, 'note')
   elseif note then push_pair(fields, 'note', note) end
   if action == 'retry' or action == 'defer' then

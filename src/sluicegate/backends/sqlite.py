@@ -530,19 +530,29 @@ class SQLiteBackend(ExchangeShortcuts):
         assert update is not None
         error = update.error or ErrorInfo("", "")
         final = update.state.is_final
+        succeeded = update.state is JobState.SUCCEEDED
         conn.execute(
             "UPDATE jobs SET state = ?, version = version + 1, result = coalesce(?, result), "
-            "error_type = coalesce(nullif(?, ''), error_type), "
-            "error_message = coalesce(nullif(?, ''), error_message), "
-            "error_traceback = coalesce(?, error_traceback), "
+            "error_type = CASE WHEN ? THEN NULL WHEN ? != '' THEN ? ELSE error_type END, "
+            "error_message = CASE WHEN ? THEN NULL WHEN ? != '' THEN ? ELSE error_message END, "
+            "error_traceback = CASE WHEN ? THEN NULL WHEN ? != '' THEN ? "
+            "  ELSE error_traceback END, "
             "note = CASE WHEN ? IS NULL THEN note ELSE nullif(?, '') END, "
             "finished_at = ?, expires_at = ?, attempts = attempts - ?, "
             "eta = CASE WHEN ? THEN ? ELSE eta END WHERE id = ?",
             (
                 update.state.value,
                 update.result,
+                # A success clears the error of an earlier attempt, a new error replaces
+                # it whole, and an update without one keeps it.
+                succeeded,
+                error.type,
+                error.type,
+                succeeded,
                 error.type,
                 error.message,
+                succeeded,
+                error.type,
                 error.traceback,
                 update.note,  # None keeps the note, "" clears it
                 update.note,
