@@ -117,7 +117,7 @@ class ThreadWorker(WorkerCore):
     The parameters are those of :class:`sluicegate.worker.core.WorkerCore`.
     A task of another pool that reaches it fails without a retry, with an
     error that names the pool; :func:`sluicegate.worker.needs_event_loop`
-    tells which worker an app needs.
+    returns whether an app needs :class:`Worker` instead.
     """
 
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
@@ -372,7 +372,7 @@ class ThreadWorker(WorkerCore):
         thread.start()
 
     def _work(self) -> None:
-        """A task thread: run queued calls until a None arrives."""
+        """Run queued calls on this task thread until a None arrives."""
         while True:
             item = self._calls.get()
             if item is None:
@@ -386,7 +386,7 @@ class ThreadWorker(WorkerCore):
                 continue
             try:
                 outcome = run_sync(task, call, entry.context, self.app.max_message_size)
-            except BaseException as exc:  # run_sync classifies task errors; this is a bug.
+            except BaseException as exc:  # run_sync classifies task errors, so this is a bug.
                 logger.exception("thread pool failed job_id=%s", call.job_id)
                 info = ErrorInfo(type(exc).__name__, str(exc))
                 outcome = RunOutcome("error", error=info, retryable=True)
