@@ -12,7 +12,7 @@ import click
 
 from sluicegate.cli._common import import_app, user_errors
 from sluicegate.scheduler import Scheduler
-from sluicegate.worker import needs_event_loop, worker_class
+from sluicegate.worker import event_loop_tasks, worker_class
 from sluicegate.worker.metrics import WorkerMetrics
 
 
@@ -113,12 +113,8 @@ def _driver(app: Any, loop_kind: str, queues: list[str] | None) -> Any:
         from sluicegate.worker.worker import Worker
 
         return Worker
-    if loop_kind == "threads" and needs_event_loop(app, queues):
-        tasks = sorted(
-            t.name
-            for t in app.tasks.values()
-            if t.options.pool != "thread" and (queues is None or t.options.queue in queues)
-        )
+    tasks = event_loop_tasks(app, queues) if loop_kind == "threads" else []
+    if tasks:
         raise click.UsageError(
             f"--loop threads runs sync thread-pool tasks only, and these tasks are async or "
             f"pool='process': {', '.join(tasks)}; use --loop asyncio or auto"

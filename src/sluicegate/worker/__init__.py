@@ -16,19 +16,25 @@ if TYPE_CHECKING:
     from sluicegate.worker.threaded import ThreadWorker
     from sluicegate.worker.worker import Worker
 
-__all__ = ["ThreadWorker", "Worker", "needs_event_loop", "worker_class"]
+__all__ = ["ThreadWorker", "Worker", "event_loop_tasks", "needs_event_loop", "worker_class"]
 
 
-def needs_event_loop(app: Any, queues: Sequence[str] | None = None) -> bool:
-    """Return whether a task of ``app`` on ``queues`` (default all) is async or a process task.
+def event_loop_tasks(app: Any, queues: Sequence[str] | None = None) -> list[str]:
+    """Return the names of the async and process tasks of ``app`` on ``queues`` (default all).
 
     A task's jobs go only to its own queue, so the tasks of other queues never
     reach a worker that serves ``queues``.
     """
-    return any(
-        task.options.pool != "thread" and (queues is None or task.options.queue in queues)
+    return sorted(
+        task.name
         for task in app.tasks.values()
+        if task.options.pool != "thread" and (queues is None or task.options.queue in queues)
     )
+
+
+def needs_event_loop(app: Any, queues: Sequence[str] | None = None) -> bool:
+    """Return whether a task of ``app`` on ``queues`` (default all) is async or a process task."""
+    return bool(event_loop_tasks(app, queues))
 
 
 def worker_class(

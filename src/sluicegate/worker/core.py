@@ -32,6 +32,7 @@ from sluicegate.webhooks import enqueue_delivery
 from sluicegate.worker.budgets import RetryBudgets
 from sluicegate.worker.execution import RunOutcome
 from sluicegate.worker.guards import Admitted, Deferral, TaskGuard, guard_for
+from sluicegate.worker.lease import forward_cancels
 from sluicegate.worker.metrics import WorkerMetrics
 from sluicegate.worker.shutdown import Shutdown
 
@@ -329,22 +330,19 @@ class WorkerCore:
         self._run(entry, task, call)
 
     def _note_cancel_request(self, entry: Running) -> None:
-        """Ask the backend whether the job of ``entry`` got a cancel request (blocking).
+        """Read whether the job of ``entry`` got a cancel request (a blocking call).
 
         A job held for its rate-limit slot waits up to half a second, as long as
-        the heartbeat's interval, so it asks once more before it starts.
+        the heartbeat's interval, so the worker reads its cancel request once more.
         """
         try:
-            requested = self.backend.cancel_requests([entry.delivery.message_id])
+            forward_cancels(self.backend, [entry])
         except Exception as exc:
             logger.warning(
                 "cancel request not read, job starts job_id=%s error=%r",
                 entry.delivery.message_id,
                 exc,
             )
-            return
-        if entry.delivery.message_id in requested and entry.context is not None:
-            entry.context.request_cancel()
 
     def _run(self, entry: Running, task: Task[Any, Any], call: TaskCall) -> None:
         delivery = entry.delivery

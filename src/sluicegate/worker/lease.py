@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from sluicegate.backends.base import Backend
     from sluicegate.worker.core import Running, WorkerCore
 
 logger = logging.getLogger(__name__)
@@ -43,19 +44,7 @@ class Heartbeat:
         return cancelled
 
     def _forward_cancels(self, entries: list[Running]) -> list[Running]:
-        ids = [e.delivery.message_id for e in entries]
-        requested = self.worker.backend.cancel_requests(ids)
-        cancelled = []
-        for entry in entries:
-            context = entry.context
-            if entry.delivery.message_id not in requested or context is None:
-                continue
-            if context._cancel_requested:
-                continue
-            context.request_cancel()
-            logger.info("job cancel requested job_id=%s task=%s", context.job_id, context.task)
-            cancelled.append(entry)
-        return cancelled
+        return forward_cancels(self.worker.backend, entries)
 
     def _extend(self, entries: list[Running]) -> None:
         now = time.time()
@@ -74,3 +63,23 @@ class Heartbeat:
                         delivery.message_id,
                         delivery.fence,
                     )
+
+
+def forward_cancels(backend: Backend, entries: list[Running]) -> list[Running]:
+    """Read the cancel requests of ``entries``' jobs; return the entries newly asked to cancel.
+
+    Each such entry's job context turns ``cancelled``. A blocking backend call.
+    """
+    ids = [e.delivery.message_id for e in entries]
+    requested = backend.cancel_requests(ids)
+    cancelled = []
+    for entry in entries:
+        context = entry.context
+        if entry.delivery.message_id not in requested or context is None:
+            continue
+        if context._cancel_requested:
+            continue
+        context.request_cancel()
+        logger.info("job cancel requested job_id=%s task=%s", context.job_id, context.task)
+        cancelled.append(entry)
+    return cancelled
