@@ -149,8 +149,8 @@ def test_early_response_closes_connection(server: Deployment) -> None:
 
 
 def test_closing_connection_reads_on(server: Deployment) -> None:
-    # After an early answer the server half-closes and reads on for a while, so bytes the
-    # client sends after the answer get no reset, which could discard the answer.
+    # After an early response the server half-closes and reads on for a while, so bytes the
+    # client sends after it get no reset, which could discard the response.
     headers = {"Content-Type": "application/json", "Content-Length": "100000"}
     with connect(server) as sock:
         sock.sendall(request_head(headers) + b'{"task"')

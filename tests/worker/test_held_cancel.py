@@ -25,8 +25,8 @@ def test_held_job_cancelled_before_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, driver: type[Worker | ThreadWorker]
 ) -> None:
     monkeypatch.setattr(TaskGuard, "admit", lambda self: Admitted(None, HOLD))
-    # Holds are at most half a second in practice, so the heartbeat may not poll the
-    # cancel request before the job starts; here it never does.
+    # A hold lasts at most half a second, so the heartbeat may not poll the cancel request
+    # before the job starts. Here it never polls.
     monkeypatch.setattr(Heartbeat, "beat", lambda self, entries: [])
     app = sluicegate.App(f"sqlite:///{tmp_path / 'jobs.db'}")
     ran = threading.Event()

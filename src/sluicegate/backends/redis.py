@@ -263,10 +263,10 @@ class RedisBackend(ExchangeShortcuts):
                     continue
                 error: redis.RedisError = exc
             except OutOfMemoryError as exc:
-                # Retrying would only wait: memory frees when consumers drain or someone
-                # acts, and a producer is better told at once, like one at a full queue.
+                # Retrying would only wait, because memory frees only when consumers drain
+                # or an operator acts. The producer gets the error at once, as at a full queue.
                 raise StoreUnavailable(
-                    f"Redis at {self.address} refused a write: it is at its maxmemory "
+                    f"Redis at {self.address} rejected a write because it reached maxmemory "
                     f"({_brief(exc)}); raise maxmemory, free memory, or retry later"
                 ) from exc
             except RETRIED_ERRORS as exc:
@@ -850,7 +850,7 @@ def _settlement_args(settlement: Settlement, now: float, args: list[Any]) -> Non
 def _log_rejected(rejected: Sequence[Any]) -> None:
     """Log the malformed messages an ``EXCHANGE`` call dead-lettered or removed.
 
-    ``rejected`` holds four values per message: id, queue, ``dead`` or
+    ``rejected`` contains four values per message: id, queue, ``dead`` or
     ``removed``, and the reason.
     """
     for i in range(0, len(rejected), 4):

@@ -111,7 +111,7 @@ def serve(
     # has no such bound: it read a 100 MB header without a 400 (uvicorn 0.55, httptools
     # 0.9.0).
     # LingeringH11Protocol is uvicorn's h11 protocol, with a lingering close so that a
-    # client still sending when the server answers early gets the answer, not a reset.
+    # client still sending when the server responds early gets the response, not a reset.
     from sluicegate.http.lingering import LingeringH11Protocol
 
     config = uvicorn.Config(

@@ -2,7 +2,7 @@
 
 When the server responds early and closes (413, 408, 401 before the body
 arrived), the client may still be sending. If the server's socket is closed
-with unread bytes, or bytes arrive after it closed, its kernel answers with a
+with unread bytes, or bytes arrive after it closed, its kernel responds with a
 TCP reset, and the client's kernel can then discard the response it had
 already received. The client sees "connection reset" instead of the error.
 
