@@ -157,7 +157,7 @@ class App:
 
     def bounds(self, queue: str) -> QueueBounds:
         """Return the declared bounds of ``queue``, or the defaults."""
-        return self._bounds.get(queue) or QueueBounds(max_length=DEFAULT_MAX_LENGTH)
+        return self._bounds.get(queue) or _DEFAULT_BOUNDS
 
     def retry_budget(
         self,
@@ -425,6 +425,8 @@ class App:
             )
         return [Job(self, result.job_id) for result in results]
 
+
+_DEFAULT_BOUNDS = QueueBounds(max_length=DEFAULT_MAX_LENGTH)
 
 _DEFAULT_BREAKER_OPTIONS: dict[str, Any] = {
     "failure_threshold": 0.5,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from sluicegate.message import Delivery, OutgoingMessage
@@ -94,7 +94,6 @@ class EnqueueResult:
 
     job_id: str
     created: bool
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 class Broker(Protocol):

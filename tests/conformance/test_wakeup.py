@@ -57,6 +57,24 @@ def test_listener_wakes_on_enqueue(
         listener.close()
 
 
+def test_late_listener_wakes_on_enqueue(
+    backend: Backend, connect: Callable[[], Backend], clock: FakeClock
+) -> None:
+    # The producer has enqueued while nobody listened, so it knows of no listener
+    # (the SQLite backend caches what it found); a listener bound later must still
+    # be woken by its next enqueue.
+    producer = connect()
+    producer.enqueue_jobs([job(clock)], BOUNDS)
+    producer.enqueue_jobs([job(clock)], BOUNDS)
+    listener = backend.listener()
+    try:
+        producer.enqueue_jobs([job(clock)], BOUNDS)
+
+        assert listener.wait(WAKE_TIMEOUT) is True
+    finally:
+        listener.close()
+
+
 def test_listener_drain(backend: Backend, connect: Callable[[], Backend], clock: FakeClock) -> None:
     producer = connect()
     listener = backend.listener()

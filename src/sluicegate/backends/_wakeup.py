@@ -8,6 +8,15 @@ worker blocks in ``select`` on its socket, so it wakes within a millisecond
 and burns no CPU while idle. A worker still polls at a long interval, so a
 lost datagram (a full socket buffer, a socket another user cannot write)
 delays work by at most that interval and never loses it.
+
+Reading the directory costs a system call at every commit, which a producer
+enqueueing one job at a time pays after each fdatasync, on cold caches. So
+the SQLite backend keeps a listener generation in the database: a listener
+that binds adds one to it, and an enqueue reads it in its own transaction.
+:meth:`Notifier.notify_generation` reads the directory again only when the
+generation changed, or :data:`RELIST_INTERVAL` seconds after it last did.
+A listener binds before it adds to the generation and checks for work after,
+so an enqueue either commits before that check or reads the new generation.
 """
 
 from __future__ import annotations
@@ -32,6 +41,11 @@ BIND_ATTEMPTS = 20
 #: at every notify, longer than any file system's timestamp granularity here.
 RACY_LISTING_NS = 50_000_000
 
+#: Seconds after which :meth:`Notifier.notify_generation` reads the directory
+#: even if the generation did not change, for listeners that did not count
+#: themselves in it (a process of an older sluicegate).
+RELIST_INTERVAL = 1.0
+
 
 def channel_dir(database_path: str) -> str:
     """Return the directory of wake-up sockets for one database file."""
@@ -50,6 +64,8 @@ class Notifier:
         self._lock = threading.Lock()
         self._listing_mtime: int | None = None
         self._targets: list[str] = []
+        self._generation: object = object()  # Equal to no generation read from a database.
+        self._relist_at = 0.0
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._socket.setblocking(False)
 
@@ -59,6 +75,22 @@ class Notifier:
             for target in self._current_targets():
                 self._send(target)
 
+    def notify_generation(self, generation: object) -> None:
+        """Wake every listener, knowing the listener generation read at the commit.
+
+        The directory is read only if ``generation`` differs from the last
+        one seen, or :data:`RELIST_INTERVAL` has passed; never raises.
+        """
+        with self._lock:
+            now = time.monotonic()
+            if generation != self._generation or now >= self._relist_at:
+                self._generation, self._relist_at = generation, now + RELIST_INTERVAL
+                targets = self._current_targets()
+            else:
+                targets = self._targets
+            for target in targets:
+                self._send(target)
+
     def close(self) -> None:
         self._socket.close()
 
@@ -66,7 +98,8 @@ class Notifier:
         try:
             mtime = os.stat(self._directory).st_mtime_ns
         except OSError:
-            return []
+            self._listing_mtime, self._targets = None, []
+            return self._targets
         # A directory's mtime has the file system's coarse granularity, so a
         # listener bound just after a listing may leave it unchanged: a listing
         # taken that recently is not trusted.
@@ -74,8 +107,9 @@ class Notifier:
         if mtime != self._listing_mtime or recent:
             try:
                 names = os.listdir(self._directory)
-            except OSError:
-                return []  # The last listener removed the directory meanwhile.
+            except OSError:  # The last listener removed the directory meanwhile.
+                self._listing_mtime, self._targets = None, []
+                return self._targets
             self._listing_mtime = mtime
             self._targets = [os.path.join(self._directory, n) for n in names if n.endswith(".sock")]
         return self._targets
@@ -90,6 +124,7 @@ class Notifier:
                 # The worker that bound this socket is gone; remove its file.
                 with contextlib.suppress(OSError):
                     os.unlink(target)
+                self._targets = [t for t in self._targets if t != target]
             else:
                 logger.debug("wake-up send failed target=%s error=%s", target, exc)
 

@@ -91,6 +91,40 @@ _EXPIRED_LEASES = (
 )
 
 
+_INSERT_MESSAGE = (
+    "INSERT INTO messages (id, queue, state, prio, order_at, due_at, enqueued_at, "
+    "task, idempotency_key, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+# Key in ``meta`` of the listener generation, which grows by one whenever a
+# wake-up listener binds (see sluicegate.backends._wakeup).
+_WAKE_GENERATION = "wake_generation"
+
+# Adds :e enqueued and :c completed messages to the current rate bucket, and
+# rolls the buckets over first when :b, the current bucket, is newer. SQLite
+# evaluates every SET expression on the row's old values, so the bucket
+# comparisons all see the bucket before the update.
+_COUNT_IN_BUCKETS = (
+    "enqueued_before = CASE bucket WHEN :b THEN enqueued_before "
+    "  WHEN :b - 1 THEN enqueued_now ELSE 0 END, "
+    "completed_before = CASE bucket WHEN :b THEN completed_before "
+    "  WHEN :b - 1 THEN completed_now ELSE 0 END, "
+    "enqueued_now = (CASE bucket WHEN :b THEN enqueued_now ELSE 0 END) + :e, "
+    "completed_now = (CASE bucket WHEN :b THEN completed_now ELSE 0 END) + :c, "
+    "bucket = :b"
+)
+
+# Counts :e new messages in the queue's length and enqueue rate if they fit
+# under :max. It returns no row if they do not fit or the queue's row is missing.
+# The second value returned is the listener generation (see _wakeup), read here
+# rather than by a statement of its own.
+_ADMIT_AND_COUNT = (
+    f"UPDATE queues SET {_COUNT_IN_BUCKETS}, length = length + :e "
+    "WHERE name = :q AND length + :e <= :max "
+    f"RETURNING length, (SELECT value FROM meta WHERE key = '{_WAKE_GENERATION}')"
+)
+
+
 def parse_path(url: str) -> str:
     """Return the file path of a ``sqlite:///relative`` or ``sqlite:////absolute`` URL."""
     prefix = "sqlite://"
@@ -111,6 +145,20 @@ def parse_path(url: str) -> str:
     if "?" in path:
         raise ConfigurationError(f"sqlite URL {url!r} takes no query options; give a plain path")
     return path
+
+
+# Grows by one in every child process that fork() makes. A backend compares it
+# with the generation it made its connections in, because a connection must not
+# cross a fork. Reading it costs no system call, unlike os.getpid().
+_fork_generation = 0
+
+
+def _count_fork() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
 
 
 #: Page cache of each connection, in KiB (SQLite's default is 2,000). The
@@ -149,9 +197,14 @@ class SQLiteBackend(ExchangeShortcuts):
         # Threads of this process take turns at the write lock here rather than in
         # SQLite's busy handler, which sleeps up to 100 ms between tries.
         self._write_turn = threading.RLock()
-        self._write_turn_pid = os.getpid()
+        self._generation = _fork_generation
+        # Bounds this process stored in each queue's row: enqueues with the same
+        # bounds skip rewriting them.
+        self._stored_bounds: dict[str, QueueBounds] = {}
+        # The listener generation read by the latest enqueue of this process.
+        self._wake_generation: object = None
         self._wake_dir = channel_dir(path)
-        self._commits = GroupCommit(self._write, self.clock, self._after_group_commit)
+        self._commits = GroupCommit(self._begin, self._finish, self.clock, self._after_group_commit)
         self._notifier = Notifier(self._wake_dir)
         self._result_notifier = Notifier(self._wake_dir + "-results")
         try:
@@ -166,11 +219,12 @@ class SQLiteBackend(ExchangeShortcuts):
     # -- connections and transactions
 
     def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is None or local.generation != _fork_generation:
             conn = self._connect()
-            self._local.conn = conn
-            self._local.pid = os.getpid()
+            local.conn = conn
+            local.generation = _fork_generation
         return conn
 
     def _connect(self) -> sqlite3.Connection:
@@ -217,17 +271,56 @@ class SQLiteBackend(ExchangeShortcuts):
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """Run the body in one ``BEGIN IMMEDIATE`` transaction; commit or roll back."""
+        conn = self._begin()
+        try:
+            yield conn
+        except BaseException:
+            self._finish(conn, False)
+            raise
+        self._finish(conn, True)
+
+    def _begin(self) -> sqlite3.Connection:
+        """Take this process's write turn, then open a ``BEGIN IMMEDIATE`` transaction.
+
+        :meth:`_finish` ends the transaction and gives the turn back.
+        """
         conn = self._connection()
-        if self._write_turn_pid != os.getpid():  # A forked child: the parent's threads are gone.
-            self._write_turn, self._write_turn_pid = threading.RLock(), os.getpid()
-        with self._write_turn:
-            self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+        if self._generation != _fork_generation:  # A forked child: the parent's threads are gone.
+            self._write_turn, self._generation = threading.RLock(), _fork_generation
+        self._write_turn.acquire()
+        try:
             try:
-                yield conn
-            except BaseException:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+        except BaseException:
+            self._write_turn.release()
+            raise
+        return conn
+
+    def _finish(self, conn: sqlite3.Connection, commit: bool) -> None:
+        """Commit, or roll back, the transaction :meth:`_begin` opened; end the write turn."""
+        try:
+            if not commit:
                 conn.execute("ROLLBACK")
-                raise
-            self._retry_busy(lambda: conn.execute("COMMIT"))
+                return
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                self._retry_busy(lambda: conn.execute("COMMIT"))
+        except BaseException:
+            # A commit that failed for good leaves nothing half done for the next
+            # transaction on this connection.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        finally:
+            self._write_turn.release()
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         conn = self._connection()
@@ -291,7 +384,7 @@ class SQLiteBackend(ExchangeShortcuts):
 
     def _after_group_commit(self, ready: bool) -> None:
         if ready:
-            self._notifier.notify()
+            self._notifier.notify_generation(self._wake_generation)
 
     def enqueue_jobs(self, jobs: Sequence[NewJob], bounds: QueueBounds) -> list[EnqueueResult]:
         """Create jobs and their messages in one transaction, all or none.
@@ -307,15 +400,11 @@ class SQLiteBackend(ExchangeShortcuts):
             results, fresh = self._match_idempotency_keys(conn, jobs, now)
             if not fresh:
                 return results, False
-            queue = fresh[0].message.queue
-            self._admit(conn, queue, len(fresh), bounds, now)
+            self._admit(conn, fresh[0].message.queue, len(fresh), bounds, now)
             # No jobs row yet: the record is derived from the message until a
             # worker reserves it (see sqlite_schema).
             self._insert_messages(
-                conn,
-                queue,
-                [_message_row(j.message, now, j.task, j.idempotency_key) for j in fresh],
-                now,
+                conn, [_message_row(j.message, now, j.task, j.idempotency_key) for j in fresh]
             )
             keyed = [(j.idempotency_key, j.message.id) for j in fresh if j.idempotency_key]
             if keyed:
@@ -335,8 +424,7 @@ class SQLiteBackend(ExchangeShortcuts):
 
         def publish(conn: sqlite3.Connection, now: float) -> tuple[None, bool]:
             self._admit(conn, messages[0].queue, len(messages), bounds, now)
-            rows = [_message_row(m, now) for m in messages]
-            self._insert_messages(conn, messages[0].queue, rows, now)
+            self._insert_messages(conn, [_message_row(m, now) for m in messages])
             return None, any(m.ready_at <= now for m in messages)
 
         self._commits.run(publish)
@@ -372,24 +460,47 @@ class SQLiteBackend(ExchangeShortcuts):
     def _admit(
         self, conn: sqlite3.Connection, queue: str, count: int, bounds: QueueBounds, now: float
     ) -> None:
-        stored = (bounds.max_length, bounds.max_wait) if bounds.declared else (None, None)
-        (length,) = conn.execute(
-            "INSERT INTO queues (name, max_length, max_wait) VALUES (?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET "
-            "max_length = CASE WHEN ? THEN excluded.max_length ELSE max_length END, "
-            "max_wait = CASE WHEN ? THEN excluded.max_wait ELSE max_wait END RETURNING length",
-            (queue, *stored, bounds.declared, bounds.declared),
-        ).fetchone()
-        if length + count > bounds.max_length:
-            excess = length + count - bounds.max_length
-            raise QueueFull(
-                queue, "max_length", bounds.max_length, self._retry_after(conn, queue, excess, now)
-            )
+        """Admit ``count`` new messages under ``bounds`` and count them in the queue's row.
+
+        The common case is one statement: the update that counts the messages
+        also checks the bound. Storing changed bounds, creating the row and
+        rejecting with ``QueueFull`` take the slower path.
+        """
+        stored = self._stored_bounds.get(queue)
+        if stored is not bounds and stored != bounds:
+            self._store_bounds(conn, queue, bounds)
+        params = {"b": _bucket(now), "e": count, "c": 0, "q": queue, "max": bounds.max_length}
+        row = conn.execute(_ADMIT_AND_COUNT, params).fetchone()
+        if row is None:
+            # The row is missing (deleted since this process stored it) or the queue is full.
+            self._store_bounds(conn, queue, bounds)
+            row = conn.execute(_ADMIT_AND_COUNT, params).fetchone()
+            if row is None:
+                (length,) = conn.execute(
+                    "SELECT length FROM queues WHERE name = ?", (queue,)
+                ).fetchone()
+                excess = length + count - bounds.max_length
+                retry_after = self._retry_after(conn, queue, excess, now)
+                raise QueueFull(queue, "max_length", bounds.max_length, retry_after)
+        self._wake_generation = row[1]
         if bounds.max_wait is not None:
             oldest = self._oldest_ready(conn, queue, now)
             if oldest is not None and now - oldest > bounds.max_wait:
-                retry_after = self._retry_after(conn, queue, length, now)
+                retry_after = self._retry_after(conn, queue, row[0] - count, now)
                 raise QueueFull(queue, "max_wait", bounds.max_wait, retry_after)
+
+    def _store_bounds(self, conn: sqlite3.Connection, queue: str, bounds: QueueBounds) -> None:
+        """Create the queue's row if missing, and store declared bounds for display."""
+        stored = (bounds.max_length, bounds.max_wait) if bounds.declared else (None, None)
+        conn.execute(
+            "INSERT INTO queues (name, max_length, max_wait) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET "
+            "max_length = CASE WHEN ? THEN excluded.max_length ELSE max_length END, "
+            "max_wait = CASE WHEN ? THEN excluded.max_wait ELSE max_wait END",
+            (queue, *stored, bounds.declared, bounds.declared),
+        )
+        # Noted before the commit: a rollback only makes the next enqueue store them again.
+        self._stored_bounds[queue] = bounds
 
     def _retry_after(self, conn: sqlite3.Connection, queue: str, excess: int, now: float) -> float:
         row = conn.execute(f"SELECT {_RATE_COLUMNS} FROM queues WHERE name = ?", (queue,))
@@ -404,38 +515,20 @@ class SQLiteBackend(ExchangeShortcuts):
         _, oldest_due = conn.execute(_DUE_DELAYED, (now, queue)).fetchone()
         return _earliest(row[0], oldest_due)
 
-    def _insert_messages(
-        self, conn: sqlite3.Connection, queue: str, rows: list[tuple[Any, ...]], now: float
-    ) -> None:
-        conn.executemany(
-            "INSERT INTO messages (id, queue, state, prio, order_at, due_at, enqueued_at, "
-            "task, idempotency_key, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
-        self._count(conn, queue, now, enqueued=len(rows), added=len(rows))
+    @staticmethod
+    def _insert_messages(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Insert new messages, which :meth:`_admit` counted already."""
+        if len(rows) == 1:
+            conn.execute(_INSERT_MESSAGE, rows[0])
+        else:
+            conn.executemany(_INSERT_MESSAGE, rows)
 
     @staticmethod
-    def _count(
-        conn: sqlite3.Connection,
-        queue: str,
-        now: float,
-        enqueued: int = 0,
-        completed: int = 0,
-        added: int = 0,
-    ) -> None:
-        """Count enqueued and completed messages, and add ``added`` new ones to the length."""
-        # SQLite evaluates every SET expression on the row's old values, so the
-        # bucket comparisons below all see the bucket before this update.
+    def _add_completed(conn: sqlite3.Connection, queue: str, now: float, count: int) -> None:
+        """Add ``count`` completed messages of ``queue`` to its rate bucket."""
         conn.execute(
-            "UPDATE queues SET "
-            "enqueued_before = CASE bucket WHEN :b THEN enqueued_before "
-            "  WHEN :b - 1 THEN enqueued_now ELSE 0 END, "
-            "completed_before = CASE bucket WHEN :b THEN completed_before "
-            "  WHEN :b - 1 THEN completed_now ELSE 0 END, "
-            "enqueued_now = (CASE bucket WHEN :b THEN enqueued_now ELSE 0 END) + :e, "
-            "completed_now = (CASE bucket WHEN :b THEN completed_now ELSE 0 END) + :c, "
-            "bucket = :b, length = length + :a WHERE name = :q",
-            {"b": _bucket(now), "e": enqueued, "c": completed, "a": added, "q": queue},
+            f"UPDATE queues SET {_COUNT_IN_BUCKETS} WHERE name = :q",
+            {"b": _bucket(now), "e": 0, "c": count, "q": queue},
         )
 
     # -- reserve, settle, extend
@@ -520,7 +613,7 @@ class SQLiteBackend(ExchangeShortcuts):
                 queue = settlement.delivery.queue
                 completed[queue] = completed.get(queue, 0) + 1
         for queue, count in completed.items():
-            self._count(conn, queue, now, completed=count)
+            self._add_completed(conn, queue, now, count)
 
     @staticmethod
     def _update_job(
@@ -915,8 +1008,23 @@ class SQLiteBackend(ExchangeShortcuts):
     # -- waiting
 
     def listener(self) -> Listener:
-        """Bind a socket woken when messages become ready; the caller closes it."""
-        return Listener(self._wake_dir)
+        """Bind a socket woken when messages become ready; the caller closes it.
+
+        The listener generation grows once the socket is bound, so that
+        producers read the directory of sockets again (see _wakeup).
+        """
+        listener = Listener(self._wake_dir)
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, '1') ON CONFLICT (key) "
+                    "DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+                    (_WAKE_GENERATION,),
+                )
+        except BaseException:
+            listener.close()
+            raise
+        return listener
 
     def result_listener(self) -> Listener:
         """Bind a socket woken when jobs reach a final state; the caller closes it."""

@@ -22,10 +22,16 @@ class WatchedLock:
         self.lock = threading.RLock()
         self.waiting = threading.Event()
 
-    def __enter__(self) -> None:
+    def acquire(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             self.waiting.set()
         self.lock.acquire()
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> None:
+        self.acquire()
 
     def __exit__(
         self,
@@ -33,7 +39,7 @@ class WatchedLock:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.lock.release()
+        self.release()
 
 
 def test_exchange_leases_from_lock_time(backend: SQLiteBackend, clock: FakeClock) -> None:
