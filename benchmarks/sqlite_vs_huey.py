@@ -4,7 +4,9 @@ Run it as `.venv/bin/python benchmarks/sqlite_vs_huey.py` (`make bench` does exa
 `--jobs 2000 --idle-seconds 5` gives a quick run. For each library it measures:
 
 1. one-by-one durable enqueue of --jobs jobs with no worker running, in jobs/s. Each of the
-   --repeat runs uses a new database, and the median is reported;
+   --repeat runs uses a new database, and the median is reported. This phase runs first,
+   alternating between the libraries run by run, so that a disk whose fsync latency drifts
+   over minutes weighs on both alike;
 2. bulk enqueue of --jobs jobs in batches of --bulk-batch, in jobs/s, as the median of --repeat
    runs. huey has no bulk API, so its column shows its one-by-one rate for reference;
 3. drain of --drain-jobs no-op jobs through one worker process: the queue is filled first, the
@@ -221,27 +223,41 @@ def measure_round_trips_and_idle(
     figures.idle_cpu_percent = busy / elapsed * 100.0
 
 
-def measure(adapter: QueueAdapter, root: Path, options: argparse.Namespace) -> Figures:
-    figures = Figures(name=adapter.name, version=adapter.version)
-    directory = Path(tempfile.mkdtemp(prefix=f"{adapter.name}-", dir=root))
+def phase_directory(root: Path, library: str, phase: str) -> Path:
+    """Return a new directory, and so a new database file, for one phase of one library."""
+    path = root / library / phase
+    path.mkdir(parents=True)
+    return path
 
-    def phase_directory(name: str) -> Path:
-        # Each phase gets its own subdirectory, and so its own database file.
-        path = directory / name
-        path.mkdir()
-        return path
 
-    adapter.open(phase_directory("describe"))
+def measure_enqueue_one_alternating(
+    adapters: list[QueueAdapter], root: Path, options: argparse.Namespace
+) -> dict[str, list[float]]:
+    """Run the one-by-one enqueue --repeat times per library, alternating libraries."""
+    names = ", ".join(adapter.name for adapter in adapters)
+    log(f"{names}: enqueue {options.jobs} jobs one by one, {options.repeat} times, alternating")
+    rates: dict[str, list[float]] = {adapter.name: [] for adapter in adapters}
+    for run in range(options.repeat):
+        for adapter in adapters:
+            directory = phase_directory(root, adapter.name, f"enqueue-one-{run}")
+            rates[adapter.name].append(measure_enqueue_one(adapter, directory, options.jobs))
+    return rates
+
+
+def measure(
+    adapter: QueueAdapter, root: Path, options: argparse.Namespace, figures: Figures
+) -> None:
+    """Measure every phase but the one-by-one enqueue into ``figures``."""
+
+    def phase(name: str) -> Path:
+        return phase_directory(root, adapter.name, name)
+
+    adapter.open(phase("describe"))
     try:
         figures.storage = adapter.storage_settings()
         figures.worker = adapter.describe_worker()
     finally:
         adapter.close()
-
-    log(f"{adapter.name}: enqueue {options.jobs} jobs one by one, {options.repeat} times")
-    for run in range(options.repeat):
-        rate = measure_enqueue_one(adapter, phase_directory(f"enqueue-one-{run}"), options.jobs)
-        figures.enqueue_one_rates.append(rate)
 
     if adapter.has_bulk_enqueue:
         log(
@@ -250,19 +266,18 @@ def measure(adapter: QueueAdapter, root: Path, options: argparse.Namespace) -> F
         )
         for run in range(options.repeat):
             rate = measure_enqueue_bulk(
-                adapter, phase_directory(f"enqueue-bulk-{run}"), options.jobs, options.bulk_batch
+                adapter, phase(f"enqueue-bulk-{run}"), options.jobs, options.bulk_batch
             )
             figures.enqueue_bulk_rates.append(rate)
 
     log(f"{adapter.name}: drain {options.drain_jobs} jobs through one worker")
-    measure_drain(adapter, phase_directory("drain"), options.drain_jobs, options.timeout, figures)
+    measure_drain(adapter, phase("drain"), options.drain_jobs, options.timeout, figures)
 
     log(
         f"{adapter.name}: {options.round_trips} round trips after {options.warmup} warm-up, "
         f"then {options.idle_seconds:g} s idle"
     )
-    measure_round_trips_and_idle(adapter, phase_directory("round-trip"), options, figures)
-    return figures
+    measure_round_trips_and_idle(adapter, phase("round-trip"), options, figures)
 
 
 def make_adapter(name: str, options: argparse.Namespace) -> QueueAdapter:
@@ -558,9 +573,13 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="sluicegate-bench-", dir=options.tmp_dir))
     results: dict[str, Figures] = {}
     try:
-        for name in names:
-            adapter = make_adapter(name, options)
-            results[name] = measure(adapter, root, options)
+        adapters = [make_adapter(name, options) for name in names]
+        for adapter in adapters:
+            results[adapter.name] = Figures(name=adapter.name, version=adapter.version)
+        rates = measure_enqueue_one_alternating(adapters, root, options)
+        for adapter in adapters:
+            results[adapter.name].enqueue_one_rates = rates[adapter.name]
+            measure(adapter, root, options, results[adapter.name])
     finally:
         if options.keep_tmp:
             log(f"temporary directories kept in {root}")
