@@ -32,10 +32,11 @@ So by default the huey worker starts with those two imports blocked (see --huey-
 Completion during the drain is read through a separate read-only SQLite connection:
 - huey: `select count(*) from kv where queue = ?`. Each no-op task stores its result as one
   row of huey's kv table when it finishes, and nothing reads the results during the drain.
-- sluicegate: `select length from queues where name = ?`, one primary-key lookup. Triggers keep
-  that column equal to the queue's ready, delayed and reserved messages, and the worker
-  deletes a message in the transaction that records its job's outcome, so the finished count
-  is the prefilled count minus the length.
+- sluicegate: `select length from queues where name = ?`, one primary-key lookup. The prefill
+  uses enqueue_many, which counts its jobs exactly (only one-by-one enqueues claim blocks of
+  slots ahead), and triggers keep that column equal to the queue's ready, delayed and reserved
+  messages. The worker deletes a message in the transaction that records its job's outcome,
+  so the finished count is the prefilled count minus the length.
 After a drain, each library's records are checked: every job must have succeeded.
 
 Every worker started here is stopped by pid at the end of its phase: SIGTERM to the worker and

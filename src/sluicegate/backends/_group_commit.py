@@ -78,8 +78,12 @@ class GroupCommit:
         self._waiting: list[_Call[Any]] = []
         self._leading = False
 
-    def run(self, work: Work[T]) -> T:
-        """Run ``work`` in a transaction shared with concurrent calls; return its result."""
+    def run(self, work: Work[T], solo: Callable[[], T] | None = None) -> T:
+        """Run ``work`` in a transaction shared with concurrent calls; return its result.
+
+        ``solo``, if given, runs instead when no other call is waiting or
+        running, and opens and ends its own transactions.
+        """
         with self._lock:
             alone = not self._leading
             self._leading = True
@@ -88,7 +92,7 @@ class GroupCommit:
                 self._waiting.append(call)
         if alone:
             try:
-                return self._run_alone(work)
+                return solo() if solo is not None else self._run_alone(work)
             finally:
                 self._hand_over()
         call.done.wait()

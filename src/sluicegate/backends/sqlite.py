@@ -35,6 +35,7 @@ from sluicegate.backends.sqlite_schema import (
     DEAD,
     DELAYED,
     MESSAGE_COLUMNS_ADDED_IN_2,
+    QUEUE_COLUMNS_ADDED_IN_3,
     READY,
     RESERVED,
     SCHEMA,
@@ -125,6 +126,51 @@ _ADMIT_AND_COUNT = (
 )
 
 
+# A lone message in a slot of a block: inserted only if the block is still valid
+# and the listener generation is the one this process last read.
+_INSERT_IN_BLOCK = (
+    "INSERT INTO messages (id, queue, state, prio, order_at, due_at, enqueued_at, "
+    "task, idempotency_key, body) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
+    "WHERE (SELECT claim_gen FROM queues WHERE name = ?) = ? "
+    f"AND (SELECT value FROM meta WHERE key = '{_WAKE_GENERATION}') IS ?"
+)
+
+_CLAIM_AND_WAKE_GENERATIONS = (
+    f"SELECT claim_gen, (SELECT value FROM meta WHERE key = '{_WAKE_GENERATION}') "
+    "FROM queues WHERE name = ?"
+)
+
+_QUEUE_FOR_CLAIM = (
+    f"SELECT length, claim_gen, claims, (SELECT value FROM meta WHERE key = '{_WAKE_GENERATION}') "
+    "FROM queues WHERE name = ?"
+)
+
+#: Most slots a producer claims at once for one-by-one enqueues into a queue.
+MAX_BLOCK = 64
+
+#: A block takes at most this fraction of the room left under the bound, so that
+#: producers in other processes find room too; with less room, each enqueue counts itself.
+BLOCK_SHARE = 16
+
+
+def _block_size(room: int) -> int:
+    """Return the slots to claim, the new message's included, given the room under the bound."""
+    size = min(MAX_BLOCK, room // BLOCK_SHARE)
+    return size if size >= 2 else 1
+
+
+class _Block:
+    """Slots of one queue's length that this process claimed and has not used yet."""
+
+    __slots__ = ("bounds", "claim_gen", "left", "used")
+
+    def __init__(self, bounds: QueueBounds, claim_gen: int, left: int) -> None:
+        self.bounds = bounds
+        self.claim_gen = claim_gen
+        self.left = left
+        self.used = 0
+
+
 def parse_path(url: str) -> str:
     """Return the file path of a ``sqlite:///relative`` or ``sqlite:////absolute`` URL."""
     prefix = "sqlite://"
@@ -203,6 +249,8 @@ class SQLiteBackend(ExchangeShortcuts):
         self._stored_bounds: dict[str, QueueBounds] = {}
         # The listener generation read by the latest enqueue of this process.
         self._wake_generation: object = None
+        # Blocks of slots this process claimed in each queue's length.
+        self._blocks: dict[str, _Block] = {}
         self._wake_dir = channel_dir(path)
         self._commits = GroupCommit(self._begin, self._finish, self.clock, self._after_group_commit)
         self._notifier = Notifier(self._wake_dir)
@@ -279,14 +327,20 @@ class SQLiteBackend(ExchangeShortcuts):
             raise
         self._finish(conn, True)
 
+    def _check_fork(self) -> None:
+        """In a forked child, drop the parent's write turn and blocks of slots."""
+        if self._generation != _fork_generation:
+            # The parent's threads are gone, and its blocks stay the parent's to use.
+            self._write_turn, self._blocks = threading.RLock(), {}
+            self._generation = _fork_generation
+
     def _begin(self) -> sqlite3.Connection:
         """Take this process's write turn, then open a ``BEGIN IMMEDIATE`` transaction.
 
         :meth:`_finish` ends the transaction and gives the turn back.
         """
         conn = self._connection()
-        if self._generation != _fork_generation:  # A forked child: the parent's threads are gone.
-            self._write_turn, self._generation = threading.RLock(), _fork_generation
+        self._check_fork()
         self._write_turn.acquire()
         try:
             try:
@@ -355,6 +409,10 @@ class SQLiteBackend(ExchangeShortcuts):
             for column in MESSAGE_COLUMNS_ADDED_IN_2:
                 if column not in columns:
                     txn.execute(f"ALTER TABLE messages ADD COLUMN {column} TEXT")
+            columns = {row[1] for row in txn.execute("PRAGMA table_info(queues)")}
+            for column, definition in QUEUE_COLUMNS_ADDED_IN_3:
+                if column not in columns:
+                    txn.execute(f"ALTER TABLE queues ADD COLUMN {column} {definition}")
             upgraded = stored is not None and int(stored[0]) < SCHEMA_VERSION
             if stored is None or upgraded:
                 txn.execute(
@@ -370,7 +428,8 @@ class SQLiteBackend(ExchangeShortcuts):
             )
 
     def close(self) -> None:
-        """Close every connection this backend opened."""
+        """Give back unused enqueue slots, then close every connection this backend opened."""
+        self._return_blocks()
         with self._connections_lock:
             for conn in self._connections:
                 with contextlib.suppress(sqlite3.Error):
@@ -415,6 +474,15 @@ class SQLiteBackend(ExchangeShortcuts):
                 )
             return results, any(j.message.ready_at <= now for j in fresh)
 
+        first = jobs[0]
+        if len(jobs) == 1 and first.idempotency_key is None and bounds.max_wait is None:
+            result = [EnqueueResult(first.message.id, created=True)]
+
+            def alone() -> list[EnqueueResult]:
+                self._enqueue_alone(first.message, first.task, bounds)
+                return result
+
+            return self._commits.run(enqueue, alone)
         return self._commits.run(enqueue)
 
     def publish(self, messages: Sequence[OutgoingMessage], bounds: QueueBounds) -> None:
@@ -427,7 +495,159 @@ class SQLiteBackend(ExchangeShortcuts):
             self._insert_messages(conn, [_message_row(m, now) for m in messages])
             return None, any(m.ready_at <= now for m in messages)
 
-        self._commits.run(publish)
+        if len(messages) == 1 and bounds.max_wait is None:
+            self._commits.run(publish, lambda: self._enqueue_alone(messages[0], None, bounds))
+        else:
+            self._commits.run(publish)
+
+    def _enqueue_alone(
+        self, message: OutgoingMessage, task: str | None, bounds: QueueBounds
+    ) -> None:
+        """Add one message, in a slot of this process's block when it has one.
+
+        The caller leads the group commit and no other enqueue of this process
+        runs meanwhile. A slot costs a lone ``INSERT`` in its own implicit
+        transaction, checked against the block's ``claim_gen`` and the listener
+        generation. Without a usable slot, :meth:`_claim_and_insert` runs.
+        """
+        self._check_fork()
+        block = self._blocks.get(message.queue)
+        if (
+            block is not None
+            and block.bounds is bounds
+            and block.left > 0
+            and self._insert_in_block(message, task, block)
+        ):
+            return
+        self._claim_and_insert(message, task, bounds)
+
+    def _insert_in_block(self, message: OutgoingMessage, task: str | None, block: _Block) -> bool:
+        """Insert ``message`` in a slot of ``block``; return False to take the slow path."""
+        conn = self._connection()
+        row = _message_row(message, self.clock(), task)
+        for _ in range(2):
+            with self._write_turn:
+                try:
+                    cursor = conn.execute(
+                        _INSERT_IN_BLOCK,
+                        (*row, message.queue, block.claim_gen, self._wake_generation),
+                    )
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc):
+                        raise
+                    return False  # The slow path waits out the lock.
+            if cursor.rowcount == 1:
+                block.left -= 1
+                block.used += 1
+                if row[2] == READY:
+                    self._notifier.notify_generation(self._wake_generation)
+                return True
+            # The block is void, or a listener bound since this process last looked.
+            current = self._read(_CLAIM_AND_WAKE_GENERATIONS, (message.queue,))
+            if not current or current[0][0] != block.claim_gen:
+                return False
+            self._wake_generation = current[0][1]
+        return False
+
+    def _claim_and_insert(
+        self, message: OutgoingMessage, task: str | None, bounds: QueueBounds
+    ) -> None:
+        """Claim a new block of slots (or one slot near the bound) and insert ``message``.
+
+        The unused slots of the previous block go back in the same transaction,
+        and its used ones are counted in the enqueue rate.
+        """
+        queue = message.queue
+        previous = self._blocks.pop(queue, None)
+        conn = self._begin()
+        try:
+            now = self.clock()
+            stored = self._stored_bounds.get(queue)
+            if stored is not bounds and stored != bounds:
+                self._store_bounds(conn, queue, bounds)
+            row = conn.execute(_QUEUE_FOR_CLAIM, (queue,)).fetchone()
+            if row is None:
+                self._store_bounds(conn, queue, bounds)
+                row = conn.execute(_QUEUE_FOR_CLAIM, (queue,)).fetchone()
+            length, claim_gen, claims, wake_generation = row
+            returned = 0
+            if previous is not None and previous.claim_gen == claim_gen:
+                returned = previous.left
+            length -= returned
+            if length + 1 > bounds.max_length and claims:
+                length = self._recount(conn, queue)
+                claim_gen, returned = claim_gen + 1, 0
+            if length + 1 > bounds.max_length:
+                excess = length + 1 - bounds.max_length
+                retry_after = self._retry_after(conn, queue, excess, now)
+                raise QueueFull(queue, "max_length", bounds.max_length, retry_after)
+            size = _block_size(bounds.max_length - length)
+            conn.execute(
+                f"UPDATE queues SET {_COUNT_IN_BUCKETS}, length = length - :r + :n, "
+                "claims = claims + (:n > 1) WHERE name = :q",
+                {
+                    "b": _bucket(now),
+                    "e": 1 + (previous.used if previous is not None else 0),
+                    "c": 0,
+                    "r": returned,
+                    "n": size,
+                    "q": queue,
+                },
+            )
+            conn.execute(_INSERT_MESSAGE, _message_row(message, now, task))
+        except BaseException:
+            self._finish(conn, False)
+            if previous is not None:
+                self._blocks[queue] = previous
+            raise
+        self._finish(conn, True)
+        if size > 1:
+            self._blocks[queue] = _Block(bounds, claim_gen, size - 1)
+        self._wake_generation = wake_generation
+        if message.ready_at <= now:
+            self._notifier.notify_generation(wake_generation)
+
+    def _recount(self, conn: sqlite3.Connection, queue: str) -> int:
+        """Set the queue's length to its live messages and void every block; return it."""
+        (length,) = conn.execute(
+            f"SELECT count(*) FROM messages WHERE queue = ? AND state != {DEAD}", (queue,)
+        ).fetchone()
+        conn.execute(
+            "UPDATE queues SET length = ?, claim_gen = claim_gen + 1, claims = 0 WHERE name = ?",
+            (length, queue),
+        )
+        logger.info("queue length recounted queue=%s length=%d", queue, length)
+        return int(length)
+
+    def _return_blocks(self) -> None:
+        """Give back the unused slots of this process's blocks, and count the used ones."""
+        blocks, self._blocks = self._blocks, {}
+        if not blocks or self._generation != _fork_generation:
+            return
+        try:
+            with self._write() as conn:
+                now = self.clock()
+                for queue, block in blocks.items():
+                    conn.execute(
+                        f"UPDATE queues SET {_COUNT_IN_BUCKETS}, length = length - :r "
+                        "WHERE name = :q AND claim_gen = :g",
+                        {
+                            "b": _bucket(now),
+                            "e": block.used,
+                            "c": 0,
+                            "r": block.left,
+                            "q": queue,
+                            "g": block.claim_gen,
+                        },
+                    )
+        except (sqlite3.Error, StoreUnavailable) as exc:
+            # The slots stay counted until an enqueue near the bound recounts the queue.
+            logger.warning(
+                "unused enqueue slots not returned path=%s queues=%s error=%s",
+                self.path,
+                ",".join(blocks),
+                exc,
+            )
 
     def _match_idempotency_keys(
         self, conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float
@@ -475,6 +695,13 @@ class SQLiteBackend(ExchangeShortcuts):
             # The row is missing (deleted since this process stored it) or the queue is full.
             self._store_bounds(conn, queue, bounds)
             row = conn.execute(_ADMIT_AND_COUNT, params).fetchone()
+            if (
+                row is None
+                and conn.execute("SELECT claims FROM queues WHERE name = ?", (queue,)).fetchone()[0]
+            ):
+                # Unused slots of blocks may fill the length: count the messages.
+                self._recount(conn, queue)
+                row = conn.execute(_ADMIT_AND_COUNT, params).fetchone()
             if row is None:
                 (length,) = conn.execute(
                     "SELECT length FROM queues WHERE name = ?", (queue,)
@@ -965,8 +1192,14 @@ class SQLiteBackend(ExchangeShortcuts):
 
     def length(self, queue: str) -> int:
         """Return the number of live (not dead) messages in ``queue``."""
-        rows = self._read("SELECT length FROM queues WHERE name = ?", (queue,))
-        return int(rows[0][0]) if rows else 0
+        rows = self._read("SELECT length, claims FROM queues WHERE name = ?", (queue,))
+        if not rows:
+            return 0
+        if rows[0][1]:  # Blocks may hold unused slots in the length: count the messages.
+            rows = self._read(
+                f"SELECT count(*) FROM messages WHERE queue = ? AND state != {DEAD}", (queue,)
+            )
+        return int(rows[0][0])
 
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         rows = self._read(

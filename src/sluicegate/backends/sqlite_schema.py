@@ -14,14 +14,24 @@ The transaction that reserves or cancels inserts the ``jobs`` row.
 instead of counting messages. The enqueue adds its batch to the length in
 the same transaction as the insert; triggers subtract deletes and account
 for moves to and from the dead-letter state, so the length cannot drift.
+
+A producer that enqueues one job at a time claims a block of slots instead:
+one transaction adds the whole block to the length, and the next enqueues
+insert their message alone, as long as the queue's ``claim_gen`` is still the
+one the block was claimed under. The length may then exceed the messages by
+the slots not used yet, which only makes the bound stricter; ``claims``
+counts the blocks claimed since the length was last exact. Before an enqueue
+is rejected for the bound while ``claims`` is not 0, the length is recounted
+from the messages and ``claim_gen`` grows, which voids every block.
 """
 
 from __future__ import annotations
 
 #: Version of the schema below; stored in ``meta`` under ``schema_version``.
 #: Version 2 added ``messages.task`` and ``messages.idempotency_key`` and stopped
-#: writing a jobs row at enqueue. A version 1 file is upgraded in place when opened.
-SCHEMA_VERSION = 2
+#: writing a jobs row at enqueue. Version 3 added ``queues.claim_gen`` and
+#: ``queues.claims`` for blocks of slots. Older files are upgraded in place when opened.
+SCHEMA_VERSION = 3
 
 #: Message states, stored as small integers to keep the index narrow.
 READY, RESERVED, DELAYED, DEAD = 0, 1, 2, 3
@@ -37,7 +47,7 @@ CREATE TABLE IF NOT EXISTS meta (
 -- They live in the queue's row, which every enqueue and settle writes anyway.
 CREATE TABLE IF NOT EXISTS queues (
     name TEXT PRIMARY KEY,
-    length INTEGER NOT NULL DEFAULT 0,   -- ready + delayed + reserved messages
+    length INTEGER NOT NULL DEFAULT 0,   -- ready + delayed + reserved messages + unused slots
     dead INTEGER NOT NULL DEFAULT 0,
     max_length INTEGER,                  -- the bound last declared, for display
     max_wait REAL,
@@ -45,7 +55,9 @@ CREATE TABLE IF NOT EXISTS queues (
     enqueued_now INTEGER NOT NULL DEFAULT 0,
     enqueued_before INTEGER NOT NULL DEFAULT 0,
     completed_now INTEGER NOT NULL DEFAULT 0,
-    completed_before INTEGER NOT NULL DEFAULT 0
+    completed_before INTEGER NOT NULL DEFAULT 0,
+    claim_gen INTEGER NOT NULL DEFAULT 0,  -- blocks of slots claimed under another are void
+    claims INTEGER NOT NULL DEFAULT 0      -- blocks claimed since the length was exact
 ) WITHOUT ROWID;
 
 -- state: {READY} ready, {RESERVED} reserved, {DELAYED} delayed, {DEAD} dead.
@@ -145,6 +157,12 @@ CREATE TABLE IF NOT EXISTS kv (
 #: A version 1 file has a jobs row for every job, and NULL in ``task`` marks its
 #: messages as having their row already, so no row needs rewriting.
 MESSAGE_COLUMNS_ADDED_IN_2 = ("task", "idempotency_key")
+
+#: Columns that version 3 added to ``queues``, with their definitions.
+QUEUE_COLUMNS_ADDED_IN_3 = (
+    ("claim_gen", "INTEGER NOT NULL DEFAULT 0"),
+    ("claims", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 #: Width in seconds of one rate bucket in ``queues``.
 BUCKET_SECONDS = 30

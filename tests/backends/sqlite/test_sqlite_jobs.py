@@ -168,6 +168,7 @@ def test_version_1_file_upgraded(db_path: Path, clock: FakeClock) -> None:
                 "SELECT value FROM meta WHERE key = 'schema_version'"
             ).fetchone()
             columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+            queue_columns = {row[1] for row in conn.execute("PRAGMA table_info(queues)")}
         finally:
             conn.close()
         queued = backend.get_job(job_id)
@@ -179,6 +180,7 @@ def test_version_1_file_upgraded(db_path: Path, clock: FakeClock) -> None:
 
     assert version == str(SCHEMA_VERSION)
     assert {"task", "idempotency_key"} <= columns
+    assert {"claim_gen", "claims"} <= queue_columns
     assert queued is not None
     assert queued.state is JobState.QUEUED
     assert queued.version == 1

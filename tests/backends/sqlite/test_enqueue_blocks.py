@@ -1,0 +1,124 @@
+"""One-by-one enqueues insert into blocks of slots that a claim counted in the queue's length."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conformance_backends import FakeClock, job
+
+from sluicegate.backends.sqlite import MAX_BLOCK, SQLiteBackend
+from sluicegate.broker import QueueBounds
+from sluicegate.errors import QueueFull
+
+DEFAULT = QueueBounds()
+
+
+@pytest.fixture
+def other(db_path: Path, clock: FakeClock) -> Iterator[SQLiteBackend]:
+    """A second backend on the same file, as in another process."""
+    opened = SQLiteBackend(str(db_path), clock=clock)
+    yield opened
+    opened.close()
+
+
+def queue_row(db_path: Path) -> tuple[int, int, int]:
+    """Return the stored length, claim_gen and claims of queue 'q'."""
+    with sqlite3.connect(db_path) as conn:
+        row = conn.execute("SELECT length, claim_gen, claims FROM queues WHERE name = 'q'")
+        length, claim_gen, claims = row.fetchone()
+    return length, claim_gen, claims
+
+
+def live_messages(db_path: Path) -> int:
+    with sqlite3.connect(db_path) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM messages WHERE state != 3").fetchone()
+    return int(count)
+
+
+def test_first_enqueue_claims_a_block(
+    backend: SQLiteBackend, clock: FakeClock, db_path: Path
+) -> None:
+    backend.enqueue_jobs([job(clock)], DEFAULT)
+    backend.enqueue_jobs([job(clock)], DEFAULT)
+
+    length, _, claims = queue_row(db_path)
+    assert length == MAX_BLOCK
+    assert claims == 1
+    assert backend.length("q") == 2
+    assert live_messages(db_path) == 2
+
+
+def test_close_returns_unused_slots(
+    backend: SQLiteBackend, clock: FakeClock, db_path: Path
+) -> None:
+    for _ in range(3):
+        backend.enqueue_jobs([job(clock)], DEFAULT)
+
+    backend.close()
+
+    assert queue_row(db_path)[0] == 3
+
+
+def test_unused_slots_never_reject(
+    backend: SQLiteBackend, other: SQLiteBackend, clock: FakeClock, db_path: Path
+) -> None:
+    bounds = QueueBounds(max_length=64)
+    backend.enqueue_jobs([job(clock)], bounds)  # Claims 4 slots: 3 stay unused.
+    other.enqueue_jobs([job(clock) for _ in range(60)], bounds)
+    assert queue_row(db_path)[0] == 64
+
+    # 61 messages: the slots the first backend holds must not make this one fail.
+    other.enqueue_jobs([job(clock)], bounds)
+
+    length, claim_gen, claims = queue_row(db_path)
+    assert length == 62
+    assert claim_gen == 1
+    assert claims == 0
+
+
+def test_bound_exact_with_blocks(
+    backend: SQLiteBackend, other: SQLiteBackend, clock: FakeClock, db_path: Path
+) -> None:
+    bounds = QueueBounds(max_length=100)
+    created = 0
+    rejected = 0
+    for turn in range(300):
+        producer = backend if turn % 2 else other
+        try:
+            producer.enqueue_jobs([job(clock)], bounds)
+        except QueueFull as full:
+            assert full.retry_after > 0
+            rejected += 1
+        else:
+            created += 1
+
+    assert created == 100
+    assert rejected == 200
+    assert live_messages(db_path) == 100
+    assert queue_row(db_path)[0] >= 100
+
+
+def test_forked_child_claims_its_own_block(
+    backend: SQLiteBackend, clock: FakeClock, db_path: Path
+) -> None:
+    bounds = QueueBounds(max_length=32)  # Blocks of 2 slots.
+    backend.enqueue_jobs([job(clock)], bounds)  # The parent keeps one unused slot.
+
+    pid = os.fork()
+    if pid == 0:  # The child: enqueue one job, then leave without running atexit hooks.
+        code = 1
+        try:
+            backend.enqueue_jobs([job(clock)], bounds)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    backend.enqueue_jobs([job(clock)], bounds)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert live_messages(db_path) == 3
+    assert queue_row(db_path)[0] >= 3
