@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 from zoneinfo import ZoneInfo
 
+from sluicegate import _forks
 from sluicegate._offload import to_thread
 from sluicegate.backends import open_backend, redact
 from sluicegate.backends.base import Backend, TransactionalEnqueue
@@ -100,7 +101,7 @@ class App:
         self.breakers: dict[str, Breaker] = {}
         self._breaker_options: dict[str, dict[str, Any]] = {}
         self._backend: Backend | None = None
-        self._backend_pid = 0
+        self._backend_generation = -1  # The fork generation it was opened in.
         self._backend_lock = threading.Lock()
         open_backend(self.url, durable=True).close()  # Validates the URL and creates the schema.
 
@@ -110,11 +111,11 @@ class App:
     @property
     def backend(self) -> Backend:
         """The backend this process uses to enqueue and read jobs, opened on first use."""
-        if self._backend is None or self._backend_pid != os.getpid():
+        if self._backend is None or self._backend_generation != _forks.generation:
             with self._backend_lock:
-                if self._backend is None or self._backend_pid != os.getpid():
+                if self._backend is None or self._backend_generation != _forks.generation:
                     self._backend = open_backend(self.url, durable=True)
-                    self._backend_pid = os.getpid()
+                    self._backend_generation = _forks.generation
         assert self._backend is not None
         return self._backend
 

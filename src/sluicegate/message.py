@@ -35,17 +35,32 @@ DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 _id_lock = threading.Lock()
 _id_last_ms = 0
 _id_counter = 0
-_id_entropy = b""
-_id_offset = 0
+_id_prefix = ""  # The formatted milliseconds of _id_last_ms: "tttttttt-tttt".
+_id_tails: list[str] = []  # Random "vrrr-rrrrrrrrrrrr" ends of ids, made in bulk.
+
+#: Random ends made at once, from one read of the system's random source.
+_TAILS_PER_READ = 512
+
+#: Hex digits whose top two bits are the RFC 9562 variant, 10.
+_VARIANT_DIGITS = "89ab"
 
 
 def _forget_entropy() -> None:
     # A forked child must not reuse the random bytes its parent will use too.
-    global _id_entropy, _id_offset
-    _id_entropy, _id_offset = b"", 0
+    _id_tails.clear()
 
 
 os.register_at_fork(after_in_child=_forget_entropy)
+
+
+def _make_tails() -> list[str]:
+    """Return random id ends: the RFC 9562 variant bits, then 62 random bits, in hex."""
+    digits = os.urandom(8 * _TAILS_PER_READ).hex()
+    # The first digit keeps two random bits under the variant bits 10: 8, 9, a or b.
+    return [
+        f"{_VARIANT_DIGITS[int(digits[i], 16) & 3]}{digits[i + 1 : i + 4]}-{digits[i + 4 : i + 16]}"
+        for i in range(0, len(digits), 16)
+    ]
 
 
 def new_id() -> str:
@@ -55,24 +70,23 @@ def new_id() -> str:
     version counts up within a millisecond (RFC 9562, method 1), so ids
     made in one call of ``enqueue_many`` sort in call order.
     """
-    global _id_last_ms, _id_counter, _id_entropy, _id_offset
+    global _id_last_ms, _id_counter, _id_prefix
     with _id_lock:
-        if _id_offset >= len(_id_entropy):
-            _id_entropy, _id_offset = os.urandom(8 * 512), 0  # One system call per 512 ids.
-        entropy = _id_entropy[_id_offset : _id_offset + 8]
-        _id_offset += 8
+        if not _id_tails:
+            _id_tails.extend(_make_tails())
+        tail = _id_tails.pop()
         millis = time.time_ns() // 1_000_000
         if millis > _id_last_ms:
             _id_last_ms, _id_counter = millis, 0
+            text = f"{millis & 0xFFFF_FFFF_FFFF:012x}"
+            _id_prefix = f"{text[:8]}-{text[8:]}"
         else:
             _id_counter += 1
             if _id_counter > 0xFFF:
                 _id_last_ms, _id_counter = _id_last_ms + 1, 0
-        millis, counter = _id_last_ms, _id_counter
-    value = (millis & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | counter << 64
-    value |= 0b10 << 62 | int.from_bytes(entropy, "big") >> 2
-    text = f"{value:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+                text = f"{_id_last_ms & 0xFFFF_FFFF_FFFF:012x}"
+                _id_prefix = f"{text[:8]}-{text[8:]}"
+        return f"{_id_prefix}-7{_id_counter:03x}-{tail}"
 
 
 @dataclass(frozen=True, slots=True)

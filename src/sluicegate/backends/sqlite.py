@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from sluicegate import _forks
 from sluicegate.backends._exchange import ExchangeShortcuts
 from sluicegate.backends._group_commit import GroupCommit
 from sluicegate.backends._wakeup import Listener, Notifier, channel_dir
@@ -193,20 +194,6 @@ def parse_path(url: str) -> str:
     return path
 
 
-# Grows by one in every child process that fork() makes. A backend compares it
-# with the generation it made its connections in, because a connection must not
-# cross a fork. Reading it costs no system call, unlike os.getpid().
-_fork_generation = 0
-
-
-def _count_fork() -> None:
-    global _fork_generation
-    _fork_generation += 1
-
-
-os.register_at_fork(after_in_child=_count_fork)
-
-
 #: Page cache of each connection, in KiB (SQLite's default is 2,000). The
 #: operating system caches the file too, so a smaller cache costs few reads:
 #: with 512 KiB a worker drained as fast as with the default and peaked
@@ -243,7 +230,7 @@ class SQLiteBackend(ExchangeShortcuts):
         # Threads of this process take turns at the write lock here rather than in
         # SQLite's busy handler, which sleeps up to 100 ms between tries.
         self._write_turn = threading.RLock()
-        self._generation = _fork_generation
+        self._generation = _forks.generation
         # Bounds this process stored in each queue's row: enqueues with the same
         # bounds skip rewriting them.
         self._stored_bounds: dict[str, QueueBounds] = {}
@@ -269,10 +256,10 @@ class SQLiteBackend(ExchangeShortcuts):
     def _connection(self) -> sqlite3.Connection:
         local = self._local
         conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is None or local.generation != _fork_generation:
+        if conn is None or local.generation != _forks.generation:
             conn = self._connect()
             local.conn = conn
-            local.generation = _fork_generation
+            local.generation = _forks.generation
         return conn
 
     def _connect(self) -> sqlite3.Connection:
@@ -329,10 +316,10 @@ class SQLiteBackend(ExchangeShortcuts):
 
     def _check_fork(self) -> None:
         """In a forked child, drop the parent's write turn and blocks of slots."""
-        if self._generation != _fork_generation:
+        if self._generation != _forks.generation:
             # The parent's threads are gone, and its blocks stay the parent's to use.
             self._write_turn, self._blocks = threading.RLock(), {}
-            self._generation = _fork_generation
+            self._generation = _forks.generation
 
     def _begin(self) -> sqlite3.Connection:
         """Take this process's write turn, then open a ``BEGIN IMMEDIATE`` transaction.
@@ -622,7 +609,7 @@ class SQLiteBackend(ExchangeShortcuts):
     def _return_blocks(self) -> None:
         """Give back the unused slots of this process's blocks, and count the used ones."""
         blocks, self._blocks = self._blocks, {}
-        if not blocks or self._generation != _fork_generation:
+        if not blocks or self._generation != _forks.generation:
             return
         try:
             with self._write() as conn:
