@@ -442,11 +442,15 @@ class SQLiteBackend(ExchangeShortcuts):
         if not jobs:
             return []
 
-        def enqueue(conn: sqlite3.Connection, now: float) -> tuple[list[EnqueueResult], bool]:
+        def enqueue(
+            conn: sqlite3.Connection, now: float
+        ) -> tuple[list[EnqueueResult] | QueueFull, bool]:
             results, fresh = self._match_idempotency_keys(conn, jobs, now)
             if not fresh:
                 return results, False
-            self._admit(conn, fresh[0].message.queue, len(fresh), bounds, now)
+            full = self._admit(conn, fresh[0].message.queue, len(fresh), bounds, now)
+            if full is not None:
+                return full, False
             # No jobs row yet: the record is derived from the message until a
             # worker reserves it (see sqlite_schema).
             self._insert_messages(
@@ -462,30 +466,40 @@ class SQLiteBackend(ExchangeShortcuts):
             return results, any(j.message.ready_at <= now for j in fresh)
 
         first = jobs[0]
+        alone: Callable[[], list[EnqueueResult]] | None = None
         if len(jobs) == 1 and first.idempotency_key is None and bounds.max_wait is None:
-            result = [EnqueueResult(first.message.id, created=True)]
+            created = [EnqueueResult(first.message.id, created=True)]
 
             def alone() -> list[EnqueueResult]:
                 self._enqueue_alone(first.message, first.task, bounds)
-                return result
+                return created
 
-            return self._commits.run(enqueue, alone)
-        return self._commits.run(enqueue)
+        outcome = self._commits.run(enqueue, alone)
+        if isinstance(outcome, QueueFull):
+            raise outcome
+        return outcome
 
     def publish(self, messages: Sequence[OutgoingMessage], bounds: QueueBounds) -> None:
         """Add plain messages (no job records) to one queue, all or none."""
         if not messages:
             return
 
-        def publish(conn: sqlite3.Connection, now: float) -> tuple[None, bool]:
-            self._admit(conn, messages[0].queue, len(messages), bounds, now)
+        def publish(conn: sqlite3.Connection, now: float) -> tuple[QueueFull | None, bool]:
+            full = self._admit(conn, messages[0].queue, len(messages), bounds, now)
+            if full is not None:
+                return full, False
             self._insert_messages(conn, [_message_row(m, now) for m in messages])
             return None, any(m.ready_at <= now for m in messages)
 
+        alone: Callable[[], None] | None = None
         if len(messages) == 1 and bounds.max_wait is None:
-            self._commits.run(publish, lambda: self._enqueue_alone(messages[0], None, bounds))
-        else:
-            self._commits.run(publish)
+
+            def alone() -> None:
+                self._enqueue_alone(messages[0], None, bounds)
+
+        full = self._commits.run(publish, alone)
+        if full is not None:
+            raise full
 
     def _enqueue_alone(
         self, message: OutgoingMessage, task: str | None, bounds: QueueBounds
@@ -546,6 +560,8 @@ class SQLiteBackend(ExchangeShortcuts):
         """
         queue = message.queue
         previous = self._blocks.pop(queue, None)
+        full: QueueFull | None = None
+        size = 1
         conn = self._begin()
         try:
             now = self.clock()
@@ -567,27 +583,33 @@ class SQLiteBackend(ExchangeShortcuts):
             if length + 1 > bounds.max_length:
                 excess = length + 1 - bounds.max_length
                 retry_after = self._retry_after(conn, queue, excess, now)
-                raise QueueFull(queue, "max_length", bounds.max_length, retry_after)
-            size = _block_size(bounds.max_length - length)
-            conn.execute(
-                f"UPDATE queues SET {_COUNT_IN_BUCKETS}, length = length - :r + :n, "
-                "claims = claims + (:n > 1) WHERE name = :q",
-                {
-                    "b": _bucket(now),
-                    "e": 1 + (previous.used if previous is not None else 0),
-                    "c": 0,
-                    "r": returned,
-                    "n": size,
-                    "q": queue,
-                },
-            )
-            conn.execute(_INSERT_MESSAGE, _message_row(message, now, task))
+                full = QueueFull(queue, "max_length", bounds.max_length, retry_after)
+            else:
+                size = _block_size(bounds.max_length - length)
+                conn.execute(
+                    f"UPDATE queues SET {_COUNT_IN_BUCKETS}, length = length - :r + :n, "
+                    "claims = claims + (:n > 1) WHERE name = :q",
+                    {
+                        "b": _bucket(now),
+                        "e": 1 + (previous.used if previous is not None else 0),
+                        "c": 0,
+                        "r": returned,
+                        "n": size,
+                        "q": queue,
+                    },
+                )
+                conn.execute(_INSERT_MESSAGE, _message_row(message, now, task))
         except BaseException:
             self._finish(conn, False)
             if previous is not None:
                 self._blocks[queue] = previous
             raise
+        # A rejection commits too: a recount it made spares the next rejection one.
         self._finish(conn, True)
+        if full is not None:
+            if previous is not None and previous.claim_gen == claim_gen:
+                self._blocks[queue] = previous
+            raise full
         if size > 1:
             self._blocks[queue] = _Block(bounds, claim_gen, size - 1)
         self._wake_generation = wake_generation
@@ -666,12 +688,15 @@ class SQLiteBackend(ExchangeShortcuts):
 
     def _admit(
         self, conn: sqlite3.Connection, queue: str, count: int, bounds: QueueBounds, now: float
-    ) -> None:
+    ) -> QueueFull | None:
         """Admit ``count`` new messages under ``bounds`` and count them in the queue's row.
 
         The common case is one statement: the update that counts the messages
         also checks the bound. Storing changed bounds, creating the row and
-        rejecting with ``QueueFull`` take the slower path.
+        rejecting take the slower path. A rejection for ``max_length`` is
+        returned rather than raised: the transaction then wrote nothing but a
+        recount and the bounds, which the caller commits so that the next
+        rejection finds the length exact. ``max_wait`` raises ``QueueFull``.
         """
         stored = self._stored_bounds.get(queue)
         if stored is not bounds and stored != bounds:
@@ -695,13 +720,14 @@ class SQLiteBackend(ExchangeShortcuts):
                 ).fetchone()
                 excess = length + count - bounds.max_length
                 retry_after = self._retry_after(conn, queue, excess, now)
-                raise QueueFull(queue, "max_length", bounds.max_length, retry_after)
+                return QueueFull(queue, "max_length", bounds.max_length, retry_after)
         self._wake_generation = row[1]
         if bounds.max_wait is not None:
             oldest = self._oldest_ready(conn, queue, now)
             if oldest is not None and now - oldest > bounds.max_wait:
                 retry_after = self._retry_after(conn, queue, row[0] - count, now)
                 raise QueueFull(queue, "max_wait", bounds.max_wait, retry_after)
+        return None
 
     def _store_bounds(self, conn: sqlite3.Connection, queue: str, bounds: QueueBounds) -> None:
         """Create the queue's row if missing, and store declared bounds for display."""

@@ -122,3 +122,23 @@ def test_forked_child_claims_its_own_block(
     assert os.waitstatus_to_exitcode(status) == 0
     assert live_messages(db_path) == 3
     assert queue_row(db_path)[0] >= 3
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_rejection_keeps_recount(
+    backend: SQLiteBackend, other: SQLiteBackend, clock: FakeClock, db_path: Path, batch: int
+) -> None:
+    bounds = QueueBounds(max_length=64)
+    backend.enqueue_jobs([job(clock)], bounds)  # Claims 4 slots: 3 stay unused.
+    other.enqueue_jobs([job(clock) for _ in range(60)], bounds)
+    other.enqueue_jobs([job(clock) for _ in range(3)], bounds)  # Recounts: 61, then 64.
+    backend.enqueue_jobs([job(clock)], QueueBounds(max_length=100))  # Claims again.
+
+    with pytest.raises(QueueFull):
+        other.enqueue_jobs([job(clock) for _ in range(batch)], bounds)
+
+    # The rejection's recount was committed, so the next one needs none.
+    length, claim_gen, claims = queue_row(db_path)
+    assert length == 65
+    assert claim_gen == 2
+    assert claims == 0
