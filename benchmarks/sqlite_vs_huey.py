@@ -6,7 +6,9 @@ Run it as `.venv/bin/python benchmarks/sqlite_vs_huey.py` (`make bench` does exa
 1. one-by-one durable enqueue of --jobs jobs with no worker running, in jobs/s. Each of the
    --repeat runs uses a new database, and the median is reported. This phase runs first,
    alternating between the libraries run by run, so that a disk whose fsync latency drifts
-   over minutes weighs on both alike;
+   over minutes weighs on both alike. The user and system CPU time of this process per
+   enqueue is reported beside it (medians over the runs); the rest of each enqueue's time
+   is the wait for fdatasync;
 2. bulk enqueue of --jobs jobs in batches of --bulk-batch, in jobs/s, as the median of --repeat
    runs. huey has no bulk API, so its column shows its one-by-one rate for reference;
 3. drain of --drain-jobs no-op jobs through one worker process: the queue is filled first, the
@@ -48,6 +50,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
 import signal
 import sqlite3
@@ -84,6 +87,7 @@ class Figures:
     storage: StorageSettings | None = None
     worker: str = ""
     enqueue_one_rates: list[float] = field(default_factory=list)
+    enqueue_one_cpu_us: list[tuple[float, float]] = field(default_factory=list)  # user, system
     enqueue_bulk_rates: list[float] = field(default_factory=list)
     drain_per_s: float | None = None
     drain_seconds: float | None = None
@@ -111,18 +115,33 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def measure_enqueue_one(adapter: QueueAdapter, directory: Path, jobs: int) -> float:
+@dataclass
+class EnqueueRun:
+    """One run of the one-by-one enqueue: its rate and this process's CPU per enqueue."""
+
+    rate: float
+    user_us: float
+    system_us: float
+
+
+def measure_enqueue_one(adapter: QueueAdapter, directory: Path, jobs: int) -> EnqueueRun:
     adapter.open(directory)
     try:
         for i in range(UNTIMED_ENQUEUES):
             adapter.enqueue_one(i)
+        cpu_before = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         for i in range(jobs):
             adapter.enqueue_one(i)
         elapsed = time.perf_counter() - start
+        cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     finally:
         adapter.close()
-    return jobs / elapsed
+    return EnqueueRun(
+        rate=jobs / elapsed,
+        user_us=(cpu_after.ru_utime - cpu_before.ru_utime) / jobs * 1e6,
+        system_us=(cpu_after.ru_stime - cpu_before.ru_stime) / jobs * 1e6,
+    )
 
 
 def measure_enqueue_bulk(adapter: QueueAdapter, directory: Path, jobs: int, batch: int) -> float:
@@ -233,16 +252,16 @@ def phase_directory(root: Path, library: str, phase: str) -> Path:
 
 def measure_enqueue_one_alternating(
     adapters: list[QueueAdapter], root: Path, options: argparse.Namespace
-) -> dict[str, list[float]]:
+) -> dict[str, list[EnqueueRun]]:
     """Run the one-by-one enqueue --repeat times per library, alternating libraries."""
     names = ", ".join(adapter.name for adapter in adapters)
     log(f"{names}: enqueue {options.jobs} jobs one by one, {options.repeat} times, alternating")
-    rates: dict[str, list[float]] = {adapter.name: [] for adapter in adapters}
+    runs: dict[str, list[EnqueueRun]] = {adapter.name: [] for adapter in adapters}
     for run in range(options.repeat):
         for adapter in adapters:
             directory = phase_directory(root, adapter.name, f"enqueue-one-{run}")
-            rates[adapter.name].append(measure_enqueue_one(adapter, directory, options.jobs))
-    return rates
+            runs[adapter.name].append(measure_enqueue_one(adapter, directory, options.jobs))
+    return runs
 
 
 def measure(
@@ -469,6 +488,9 @@ def print_report(
         print(f"  worker: {figures.worker}")
         if figures.enqueue_one_rates:
             print(f"  one-by-one enqueue runs (jobs/s): {format_rates(figures.enqueue_one_rates)}")
+            user = statistics.median(cpu[0] for cpu in figures.enqueue_one_cpu_us)
+            system = statistics.median(cpu[1] for cpu in figures.enqueue_one_cpu_us)
+            print(f"  one-by-one enqueue CPU per job (us): user {user:.0f}, system {system:.0f}")
         if figures.enqueue_bulk_rates:
             print(f"  bulk enqueue runs (jobs/s): {format_rates(figures.enqueue_bulk_rates)}")
         if figures.drain_seconds is not None:
@@ -577,9 +599,13 @@ def main(argv: list[str] | None = None) -> int:
         adapters = [make_adapter(name, options) for name in names]
         for adapter in adapters:
             results[adapter.name] = Figures(name=adapter.name, version=adapter.version)
-        rates = measure_enqueue_one_alternating(adapters, root, options)
+        runs = measure_enqueue_one_alternating(adapters, root, options)
         for adapter in adapters:
-            results[adapter.name].enqueue_one_rates = rates[adapter.name]
+            figures = results[adapter.name]
+            figures.enqueue_one_rates = [run.rate for run in runs[adapter.name]]
+            figures.enqueue_one_cpu_us = [
+                (run.user_us, run.system_us) for run in runs[adapter.name]
+            ]
             measure(adapter, root, options, results[adapter.name])
     finally:
         if options.keep_tmp:
