@@ -149,6 +149,10 @@ _QUEUE_FOR_CLAIM = (
 #: Most slots a producer claims at once for one-by-one enqueues into a queue.
 MAX_BLOCK = 64
 
+#: Seconds a block is used for, so that the enqueues made in its slots reach the
+#: queue's enqueue rate (counted when the next block is claimed) within this time.
+BLOCK_SECONDS = 2.0
+
 #: A block takes at most this fraction of the room left under the bound, so that
 #: producers in other processes find room too; with less room, each enqueue counts itself.
 BLOCK_SHARE = 16
@@ -163,13 +167,14 @@ def _block_size(room: int) -> int:
 class _Block:
     """Slots of one queue's length that this process claimed and has not used yet."""
 
-    __slots__ = ("bounds", "claim_gen", "left", "used")
+    __slots__ = ("bounds", "claim_gen", "expires", "left", "used")
 
     def __init__(self, bounds: QueueBounds, claim_gen: int, left: int) -> None:
         self.bounds = bounds
         self.claim_gen = claim_gen
         self.left = left
         self.used = 0
+        self.expires = time.monotonic() + BLOCK_SECONDS
 
 
 def parse_path(url: str) -> str:
@@ -517,6 +522,7 @@ class SQLiteBackend(ExchangeShortcuts):
             block is not None
             and block.bounds is bounds
             and block.left > 0
+            and time.monotonic() < block.expires
             and self._insert_in_block(message, task, block)
         ):
             return

@@ -142,3 +142,22 @@ def test_rejection_keeps_recount(
     assert length == 65
     assert claim_gen == 2
     assert claims == 0
+
+
+def test_expired_block_counts_its_enqueues(
+    backend: SQLiteBackend, clock: FakeClock, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.enqueue_jobs([job(clock)], DEFAULT)
+    backend.enqueue_jobs([job(clock)], DEFAULT)
+    block = backend._blocks["q"]
+    monkeypatch.setattr(block, "expires", 0.0)
+
+    backend.enqueue_jobs([job(clock)], DEFAULT)
+
+    # The new claim gave back the old block's unused slots and counted its two enqueues.
+    with sqlite3.connect(db_path) as conn:
+        (enqueued,) = conn.execute(
+            "SELECT enqueued_now + enqueued_before FROM queues WHERE name = 'q'"
+        ).fetchone()
+    assert queue_row(db_path)[0] == 2 + MAX_BLOCK
+    assert enqueued == 3
