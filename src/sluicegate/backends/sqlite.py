@@ -122,7 +122,7 @@ _COUNT_IN_BUCKETS = (
 # rather than by a statement of its own.
 _ADMIT_AND_COUNT = (
     f"UPDATE queues SET {_COUNT_IN_BUCKETS}, length = length + :e "
-    "WHERE name = :q AND length + :e <= :max "
+    "WHERE name = :q AND typeof(length) = 'integer' AND length >= 0 AND length + :e <= :max "
     f"RETURNING length, (SELECT value FROM meta WHERE key = '{_WAKE_GENERATION}')"
 )
 
@@ -156,6 +156,16 @@ BLOCK_SECONDS = 2.0
 #: A block takes at most this fraction of the room left under the bound, so that
 #: producers in other processes find room too; with less room, each enqueue counts itself.
 BLOCK_SHARE = 16
+
+
+def _new_claim_gen() -> int:
+    """Return a ``claim_gen`` for a new or recounted queue row: 62 random bits."""
+    return random.getrandbits(62)
+
+
+def _is_count(value: object) -> bool:
+    """Return whether a stored counter is a non-negative integer."""
+    return type(value) is int and value >= 0
 
 
 def _block_size(room: int) -> int:
@@ -579,13 +589,21 @@ class SQLiteBackend(ExchangeShortcuts):
                 self._store_bounds(conn, queue, bounds)
                 row = conn.execute(_QUEUE_FOR_CLAIM, (queue,)).fetchone()
             length, claim_gen, claims, wake_generation = row
+            if not (_is_count(length) and _is_count(claims) and type(claim_gen) is int):
+                logger.warning(
+                    "queue row corrupt, recounting queue=%s length=%r claim_gen=%r claims=%r",
+                    queue,
+                    length,
+                    claim_gen,
+                    claims,
+                )
+                (length, claim_gen), claims = self._recount(conn, queue), 0
             returned = 0
             if previous is not None and previous.claim_gen == claim_gen:
                 returned = previous.left
             length -= returned
             if length + 1 > bounds.max_length and claims:
-                length = self._recount(conn, queue)
-                claim_gen, returned = claim_gen + 1, 0
+                (length, claim_gen), returned = self._recount(conn, queue), 0
             if length + 1 > bounds.max_length:
                 excess = length + 1 - bounds.max_length
                 retry_after = self._retry_after(conn, queue, excess, now)
@@ -622,17 +640,22 @@ class SQLiteBackend(ExchangeShortcuts):
         if message.ready_at <= now:
             self._notifier.notify_generation(wake_generation)
 
-    def _recount(self, conn: sqlite3.Connection, queue: str) -> int:
-        """Set the queue's length to its live messages and void every block; return it."""
+    def _recount(self, conn: sqlite3.Connection, queue: str) -> tuple[int, int]:
+        """Set the queue's length to its live messages and void every block.
+
+        Returns the length and the new ``claim_gen``. Recounting also repairs
+        a length or ``claim_gen`` that is not a valid count.
+        """
         (length,) = conn.execute(
             f"SELECT count(*) FROM messages WHERE queue = ? AND state != {DEAD}", (queue,)
         ).fetchone()
+        claim_gen = _new_claim_gen()
         conn.execute(
-            "UPDATE queues SET length = ?, claim_gen = claim_gen + 1, claims = 0 WHERE name = ?",
-            (length, queue),
+            "UPDATE queues SET length = ?, claim_gen = ?, claims = 0 WHERE name = ?",
+            (length, claim_gen, queue),
         )
         logger.info("queue length recounted queue=%s length=%d", queue, length)
-        return int(length)
+        return int(length), claim_gen
 
     def _return_blocks(self) -> None:
         """Give back the unused slots of this process's blocks, and count the used ones."""
@@ -713,13 +736,15 @@ class SQLiteBackend(ExchangeShortcuts):
             # The row is missing (deleted since this process stored it) or the queue is full.
             self._store_bounds(conn, queue, bounds)
             row = conn.execute(_ADMIT_AND_COUNT, params).fetchone()
-            if (
-                row is None
-                and conn.execute("SELECT claims FROM queues WHERE name = ?", (queue,)).fetchone()[0]
-            ):
-                # Unused slots of blocks may fill the length: count the messages.
-                self._recount(conn, queue)
-                row = conn.execute(_ADMIT_AND_COUNT, params).fetchone()
+            if row is None:
+                length, claims = conn.execute(
+                    "SELECT length, claims FROM queues WHERE name = ?", (queue,)
+                ).fetchone()
+                # Unused slots of blocks may fill the length, or the length is corrupt:
+                # count the messages.
+                if claims or not _is_count(length):
+                    self._recount(conn, queue)
+                    row = conn.execute(_ADMIT_AND_COUNT, params).fetchone()
             if row is None:
                 (length,) = conn.execute(
                     "SELECT length FROM queues WHERE name = ?", (queue,)
@@ -738,12 +763,14 @@ class SQLiteBackend(ExchangeShortcuts):
     def _store_bounds(self, conn: sqlite3.Connection, queue: str, bounds: QueueBounds) -> None:
         """Create the queue's row if missing, and store declared bounds for display."""
         stored = (bounds.max_length, bounds.max_wait) if bounds.declared else (None, None)
+        # A new row gets a claim_gen no block can hold, even if an earlier row of the
+        # same name was deleted while a process held a block of it.
         conn.execute(
-            "INSERT INTO queues (name, max_length, max_wait) VALUES (?, ?, ?) "
+            "INSERT INTO queues (name, max_length, max_wait, claim_gen) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET "
             "max_length = CASE WHEN ? THEN excluded.max_length ELSE max_length END, "
             "max_wait = CASE WHEN ? THEN excluded.max_wait ELSE max_wait END",
-            (queue, *stored, bounds.declared, bounds.declared),
+            (queue, *stored, _new_claim_gen(), bounds.declared, bounds.declared),
         )
         # Noted before the commit: a rollback only makes the next enqueue store them again.
         self._stored_bounds[queue] = bounds

@@ -69,14 +69,15 @@ def test_unused_slots_never_reject(
     bounds = QueueBounds(max_length=64)
     backend.enqueue_jobs([job(clock)], bounds)  # Claims 4 slots: 3 stay unused.
     other.enqueue_jobs([job(clock) for _ in range(60)], bounds)
-    assert queue_row(db_path)[0] == 64
+    first_length, first_claim_gen, _ = queue_row(db_path)
+    assert first_length == 64
 
     # 61 messages: the slots the first backend holds must not make this one fail.
     other.enqueue_jobs([job(clock)], bounds)
 
     length, claim_gen, claims = queue_row(db_path)
     assert length == 62
-    assert claim_gen == 1
+    assert claim_gen != first_claim_gen
     assert claims == 0
 
 
@@ -133,6 +134,7 @@ def test_rejection_keeps_recount(
     other.enqueue_jobs([job(clock) for _ in range(60)], bounds)
     other.enqueue_jobs([job(clock) for _ in range(3)], bounds)  # Recounts: 61, then 64.
     backend.enqueue_jobs([job(clock)], QueueBounds(max_length=100))  # Claims again.
+    _, claim_gen_before, _ = queue_row(db_path)
 
     with pytest.raises(QueueFull):
         other.enqueue_jobs([job(clock) for _ in range(batch)], bounds)
@@ -140,7 +142,7 @@ def test_rejection_keeps_recount(
     # The rejection's recount was committed, so the next one needs none.
     length, claim_gen, claims = queue_row(db_path)
     assert length == 65
-    assert claim_gen == 2
+    assert claim_gen != claim_gen_before
     assert claims == 0
 
 
@@ -161,3 +163,54 @@ def test_expired_block_counts_its_enqueues(
         ).fetchone()
     assert queue_row(db_path)[0] == 2 + MAX_BLOCK
     assert enqueued == 3
+
+
+def fill(backend: SQLiteBackend, clock: FakeClock, bounds: QueueBounds, batch: int = 1) -> None:
+    """Enqueue ``batch`` jobs at a time until the queue rejects (at most 3 x max_length tries)."""
+    for _ in range(bounds.max_length * 3):
+        try:
+            backend.enqueue_jobs([job(clock) for _ in range(batch)], bounds)
+        except QueueFull:
+            return
+    raise AssertionError(f"queue never rejected past {bounds.max_length * 3} enqueues")
+
+
+def test_block_of_deleted_row_is_void(
+    backend: SQLiteBackend, clock: FakeClock, db_path: Path
+) -> None:
+    bounds = QueueBounds(max_length=1000)
+    backend.enqueue_jobs([job(clock)], bounds)  # Holds a block of 62 unused slots.
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("DELETE FROM messages")
+        conn.execute("DELETE FROM queues")
+
+    fill(backend, clock, bounds)
+
+    assert live_messages(db_path) == 1000
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("claim_gen", "'abc'"),
+        ("claim_gen", "9223372036854775807"),
+        ("claim_gen", "1.5"),
+        ("length", "'abc'"),
+        ("length", "-50"),
+        ("length", "10.5"),
+        ("claims", "'abc'"),
+    ],
+)
+@pytest.mark.parametrize("batch", [1, 5])
+def test_corrupt_queue_row_recounted(
+    backend: SQLiteBackend, clock: FakeClock, db_path: Path, column: str, value: str, batch: int
+) -> None:
+    bounds = QueueBounds(max_length=100)
+    for _ in range(10):
+        backend.enqueue_jobs([job(clock)], bounds)
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(f"UPDATE queues SET {column} = {value}")
+
+    fill(backend, clock, bounds, batch)
+
+    assert live_messages(db_path) == 100
