@@ -102,6 +102,21 @@ class GroupCommit:
             raise call.error
         return call.result  # type: ignore[return-value]
 
+    def run_if_idle(self, task: Callable[[], None]) -> bool:
+        """Run ``task`` as the leader if no call is running or waiting; return whether it ran.
+
+        Calls that arrive meanwhile wait for it, as for any leader.
+        """
+        with self._lock:
+            if self._leading:
+                return False
+            self._leading = True
+        try:
+            task()
+        finally:
+            self._hand_over()
+        return True
+
     def _run_alone(self, work: Work[T]) -> T:
         """Commit one call without a savepoint: its error rolls back the transaction."""
         conn = self._begin()

@@ -17,6 +17,7 @@ Wake-up: see :mod:`sluicegate.backends._wakeup`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -24,6 +25,7 @@ import random
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -31,6 +33,7 @@ from sluicegate import _forks
 from sluicegate.backends._exchange import ExchangeShortcuts
 from sluicegate.backends._group_commit import GroupCommit
 from sluicegate.backends._wakeup import Listener, Notifier, channel_dir
+from sluicegate.backends.sqlite_blocks import Block, BlockReturner, block_size, new_claim_gen
 from sluicegate.backends.sqlite_schema import (
     BUCKET_SECONDS,
     DEAD,
@@ -146,45 +149,16 @@ _QUEUE_FOR_CLAIM = (
     "FROM queues WHERE name = ?"
 )
 
-#: Most slots a producer claims at once for one-by-one enqueues into a queue.
-MAX_BLOCK = 64
-
-#: Seconds a block is used for, so that the enqueues made in its slots reach the
-#: queue's enqueue rate (counted when the next block is claimed) within this time.
-BLOCK_SECONDS = 2.0
-
-#: A block takes at most this fraction of the room left under the bound, so that
-#: producers in other processes find room too; with less room, each enqueue counts itself.
-BLOCK_SHARE = 16
-
-
-def _new_claim_gen() -> int:
-    """Return a ``claim_gen`` for a new or recounted queue row: 62 random bits."""
-    return random.getrandbits(62)
-
 
 def _is_count(value: object) -> bool:
     """Return whether a stored counter is a non-negative integer."""
     return type(value) is int and value >= 0
 
 
-def _block_size(room: int) -> int:
-    """Return the slots to claim, the new message's included, given the room under the bound."""
-    size = min(MAX_BLOCK, room // BLOCK_SHARE)
-    return size if size >= 2 else 1
-
-
-class _Block:
-    """Slots of one queue's length that this process claimed and has not used yet."""
-
-    __slots__ = ("bounds", "claim_gen", "expires", "left", "used")
-
-    def __init__(self, bounds: QueueBounds, claim_gen: int, left: int) -> None:
-        self.bounds = bounds
-        self.claim_gen = claim_gen
-        self.left = left
-        self.used = 0
-        self.expires = time.monotonic() + BLOCK_SECONDS
+def _return_at_exit(backend_ref: weakref.ref[SQLiteBackend]) -> None:
+    backend = backend_ref()
+    if backend is not None:
+        backend._return_blocks()
 
 
 def parse_path(url: str) -> str:
@@ -251,8 +225,10 @@ class SQLiteBackend(ExchangeShortcuts):
         self._stored_bounds: dict[str, QueueBounds] = {}
         # The listener generation read by the latest enqueue of this process.
         self._wake_generation: object = None
-        # Blocks of slots this process claimed in each queue's length.
-        self._blocks: dict[str, _Block] = {}
+        # Blocks of slots this process claimed in each queue's length (see sqlite_blocks),
+        # and the thread that gives back the ones it stopped using, started with the first.
+        self._blocks: dict[str, Block] = {}
+        self._returner: BlockReturner | None = None
         self._wake_dir = channel_dir(path)
         self._commits = GroupCommit(self._begin, self._finish, self.clock, self._after_group_commit)
         self._notifier = Notifier(self._wake_dir)
@@ -333,7 +309,7 @@ class SQLiteBackend(ExchangeShortcuts):
         """In a forked child, drop the parent's write turn and blocks of slots."""
         if self._generation != _forks.generation:
             # The parent's threads are gone, and its blocks stay the parent's to use.
-            self._write_turn, self._blocks = threading.RLock(), {}
+            self._write_turn, self._blocks, self._returner = threading.RLock(), {}, None
             self._generation = _forks.generation
 
     def _begin(self) -> sqlite3.Connection:
@@ -431,6 +407,9 @@ class SQLiteBackend(ExchangeShortcuts):
 
     def close(self) -> None:
         """Give back unused enqueue slots, then close every connection this backend opened."""
+        if self._returner is not None:
+            self._returner.close()
+            self._returner = None
         self._return_blocks()
         with self._connections_lock:
             for conn in self._connections:
@@ -538,7 +517,7 @@ class SQLiteBackend(ExchangeShortcuts):
             return
         self._claim_and_insert(message, task, bounds)
 
-    def _insert_in_block(self, message: OutgoingMessage, task: str | None, block: _Block) -> bool:
+    def _insert_in_block(self, message: OutgoingMessage, task: str | None, block: Block) -> bool:
         """Insert ``message`` in a slot of ``block``; return False to take the slow path."""
         conn = self._connection()
         row = _message_row(message, self.clock(), task)
@@ -609,7 +588,7 @@ class SQLiteBackend(ExchangeShortcuts):
                 retry_after = self._retry_after(conn, queue, excess, now)
                 full = QueueFull(queue, "max_length", bounds.max_length, retry_after)
             else:
-                size = _block_size(bounds.max_length - length)
+                size = block_size(bounds.max_length - length)
                 conn.execute(
                     f"UPDATE queues SET {_COUNT_IN_BUCKETS}, length = length - :r + :n, "
                     "claims = claims + (:n > 1) WHERE name = :q",
@@ -635,7 +614,11 @@ class SQLiteBackend(ExchangeShortcuts):
                 self._blocks[queue] = previous
             raise full
         if size > 1:
-            self._blocks[queue] = _Block(bounds, claim_gen, size - 1)
+            self._blocks[queue] = Block(bounds, claim_gen, size - 1)
+            if self._returner is None:
+                self._returner = BlockReturner(self._return_expired_blocks)
+                atexit.register(_return_at_exit, weakref.ref(self))
+            self._returner.claimed()
         self._wake_generation = wake_generation
         if message.ready_at <= now:
             self._notifier.notify_generation(wake_generation)
@@ -649,7 +632,7 @@ class SQLiteBackend(ExchangeShortcuts):
         (length,) = conn.execute(
             f"SELECT count(*) FROM messages WHERE queue = ? AND state != {DEAD}", (queue,)
         ).fetchone()
-        claim_gen = _new_claim_gen()
+        claim_gen = new_claim_gen()
         conn.execute(
             "UPDATE queues SET length = ?, claim_gen = ?, claims = 0 WHERE name = ?",
             (length, claim_gen, queue),
@@ -657,11 +640,39 @@ class SQLiteBackend(ExchangeShortcuts):
         logger.info("queue length recounted queue=%s length=%d", queue, length)
         return int(length), claim_gen
 
-    def _return_blocks(self) -> None:
-        """Give back the unused slots of this process's blocks, and count the used ones."""
-        blocks, self._blocks = self._blocks, {}
-        if not blocks or self._generation != _forks.generation:
-            return
+    def _return_expired_blocks(self) -> tuple[bool, float | None]:
+        """Return the expired blocks if no enqueue runs; see :class:`BlockReturner`."""
+        # A look without the group commit: enqueues may change the blocks meanwhile,
+        # which at worst delays a return to the next wake-up.
+        expiries = [block.expires for block in list(self._blocks.values())]
+        if not expiries or min(expiries) > time.monotonic():
+            return True, min(expiries, default=None)
+        next_expiry: list[float | None] = [None]
+
+        def give_back() -> None:
+            next_expiry[0] = self._return_blocks(expired_only=True)
+
+        return self._commits.run_if_idle(give_back), next_expiry[0]
+
+    def _return_blocks(self, expired_only: bool = False) -> float | None:
+        """Give back the unused slots of this process's blocks, and count the used ones.
+
+        With ``expired_only``, only blocks past their time are given back.
+        Returns the monotonic time at which the next kept block expires, or None.
+        """
+        if self._generation != _forks.generation:
+            return None  # The blocks belong to the parent process.
+        now = time.monotonic()
+        blocks = {
+            queue: block
+            for queue, block in self._blocks.items()
+            if not expired_only or block.expires <= now
+        }
+        for queue in blocks:
+            del self._blocks[queue]
+        next_expiry = min((block.expires for block in self._blocks.values()), default=None)
+        if not blocks:
+            return next_expiry
         try:
             with self._write() as conn:
                 now = self.clock()
@@ -686,6 +697,7 @@ class SQLiteBackend(ExchangeShortcuts):
                 ",".join(blocks),
                 exc,
             )
+        return next_expiry
 
     def _match_idempotency_keys(
         self, conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float
@@ -770,7 +782,7 @@ class SQLiteBackend(ExchangeShortcuts):
             "ON CONFLICT (name) DO UPDATE SET "
             "max_length = CASE WHEN ? THEN excluded.max_length ELSE max_length END, "
             "max_wait = CASE WHEN ? THEN excluded.max_wait ELSE max_wait END",
-            (queue, *stored, _new_claim_gen(), bounds.declared, bounds.declared),
+            (queue, *stored, new_claim_gen(), bounds.declared, bounds.declared),
         )
         # Noted before the commit: a rollback only makes the next enqueue store them again.
         self._stored_bounds[queue] = bounds

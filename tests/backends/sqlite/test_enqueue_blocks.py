@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conformance_backends import FakeClock, job
 
-from sluicegate.backends.sqlite import MAX_BLOCK, SQLiteBackend
+from sluicegate.backends import sqlite_blocks
+from sluicegate.backends.sqlite import SQLiteBackend
+from sluicegate.backends.sqlite_blocks import MAX_BLOCK
 from sluicegate.broker import QueueBounds
 from sluicegate.errors import QueueFull
 
@@ -214,3 +219,41 @@ def test_corrupt_queue_row_recounted(
     fill(backend, clock, bounds, batch)
 
     assert live_messages(db_path) == 100
+
+
+def test_idle_producer_returns_its_block(
+    backend: SQLiteBackend, clock: FakeClock, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_blocks, "BLOCK_SECONDS", 0.2)
+    for _ in range(3):
+        backend.enqueue_jobs([job(clock)], DEFAULT)
+
+    # No further enqueue: the returner thread gives the block back once it expires.
+    deadline = time.monotonic() + 10.0
+    while queue_row(db_path)[0] != 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+    with sqlite3.connect(db_path) as conn:
+        (enqueued,) = conn.execute(
+            "SELECT enqueued_now + enqueued_before FROM queues WHERE name = 'q'"
+        ).fetchone()
+    assert queue_row(db_path)[0] == 3
+    assert enqueued == 3
+    assert "q" not in backend._blocks
+
+
+def test_exit_returns_blocks(tmp_path: Path) -> None:
+    db = tmp_path / "exit.db"
+    script = f"""
+from sluicegate import App
+app = App("sqlite:///{db}")
+@app.task(queue="q")
+def noop():
+    pass
+for _ in range(5):
+    noop.enqueue()
+"""
+
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+    assert queue_row(db)[0] == 5
