@@ -333,7 +333,7 @@ class SQLiteBackend(ExchangeShortcuts):
         return conn
 
     def _finish(self, conn: sqlite3.Connection, commit: bool) -> None:
-        """Commit, or roll back, the transaction :meth:`_begin` opened; end the write turn."""
+        """Commit or roll back the transaction :meth:`_begin` opened, and end the write turn."""
         try:
             if not commit:
                 conn.execute("ROLLBACK")
@@ -518,7 +518,7 @@ class SQLiteBackend(ExchangeShortcuts):
         self._claim_and_insert(message, task, bounds)
 
     def _insert_in_block(self, message: OutgoingMessage, task: str | None, block: Block) -> bool:
-        """Insert ``message`` in a slot of ``block``; return False to take the slow path."""
+        """Insert ``message`` in a slot of ``block``, or return False for the slow path."""
         conn = self._connection()
         row = _message_row(message, self.clock(), task)
         for _ in range(2):

@@ -5,11 +5,11 @@ statement and a fourth WAL page. So a producer claims a block of slots in the
 queue's stored length in one transaction, and its next enqueues insert their
 message alone (see ``sqlite_schema`` for how the bound stays exact).
 
-A block is used for at most :data:`BLOCK_SECONDS`. Its used slots reach the
-queue's enqueue rate, and its unused ones go back to the queue, when the next
-block is claimed, when the backend closes, at interpreter exit, or, for a
-producer that stopped enqueueing, when a :class:`BlockReturner` thread finds
-the block expired.
+A block is used for at most :data:`BLOCK_SECONDS`. Then its used slots are
+counted in the queue's enqueue rate and its unused ones go back to the queue.
+That happens when the next block is claimed, when the backend closes and at
+interpreter exit. For a producer that stopped enqueueing, a
+:class:`BlockReturner` thread does it once the block expires.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ MAX_BLOCK = 64
 BLOCK_SECONDS = 2.0
 
 #: A block takes at most this fraction of the room left under the bound, so that
-#: producers in other processes find room too; with less room, each enqueue counts itself.
+#: producers in other processes find room too. With less room, each enqueue counts itself.
 BLOCK_SHARE = 16
 
 #: Seconds the returner waits before trying again while enqueues hold the group commit.
@@ -106,9 +106,13 @@ class BlockReturner:
             try:
                 ran, next_expiry = self._return_expired()
             except Exception:
-                # The backend is unreachable or closing: the slots stay counted until
-                # an enqueue near the bound recounts the queue. Try again later.
-                logger.warning("returning expired enqueue blocks failed", exc_info=True)
+                # The database is locked or closing. The slots stay counted until a
+                # later try, or until an enqueue near the bound recounts the queue.
+                logger.warning(
+                    "returning expired enqueue blocks failed, retrying in %.0f s",
+                    ERROR_RETRY_SECONDS,
+                    exc_info=True,
+                )
                 ran, next_expiry = True, time.monotonic() + ERROR_RETRY_SECONDS
             timeout: float | None = None
             if not ran:
