@@ -17,7 +17,6 @@ Wake-up: see :mod:`sluicegate.backends._wakeup`.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
@@ -25,7 +24,6 @@ import random
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -33,7 +31,7 @@ from sluicegate import _forks
 from sluicegate.backends._exchange import ExchangeShortcuts
 from sluicegate.backends._group_commit import GroupCommit
 from sluicegate.backends._wakeup import Listener, Notifier, channel_dir
-from sluicegate.backends.sqlite_blocks import Block, BlockReturner, block_size, new_claim_gen
+from sluicegate.backends.sqlite_blocks import RETURNER, Block, block_size, new_claim_gen
 from sluicegate.backends.sqlite_schema import (
     BUCKET_SECONDS,
     DEAD,
@@ -155,10 +153,8 @@ def _is_count(value: object) -> bool:
     return type(value) is int and value >= 0
 
 
-def _return_at_exit(backend_ref: weakref.ref[SQLiteBackend]) -> None:
-    backend = backend_ref()
-    if backend is not None:
-        backend._return_blocks()
+#: Seconds close() waits for running enqueues before it gives back the blocks.
+RETURN_WAIT_SECONDS = 5.0
 
 
 def parse_path(url: str) -> str:
@@ -225,10 +221,8 @@ class SQLiteBackend(ExchangeShortcuts):
         self._stored_bounds: dict[str, QueueBounds] = {}
         # The listener generation read by the latest enqueue of this process.
         self._wake_generation: object = None
-        # Blocks of slots this process claimed in each queue's length (see sqlite_blocks),
-        # and the thread that gives back the ones it stopped using, started with the first.
+        # Blocks of slots this process claimed in each queue's length (see sqlite_blocks).
         self._blocks: dict[str, Block] = {}
-        self._returner: BlockReturner | None = None
         self._wake_dir = channel_dir(path)
         self._commits = GroupCommit(self._begin, self._finish, self.clock, self._after_group_commit)
         self._notifier = Notifier(self._wake_dir)
@@ -309,7 +303,7 @@ class SQLiteBackend(ExchangeShortcuts):
         """In a forked child, drop the parent's write turn and blocks of slots."""
         if self._generation != _forks.generation:
             # The parent's threads are gone, and its blocks stay the parent's to use.
-            self._write_turn, self._blocks, self._returner = threading.RLock(), {}, None
+            self._write_turn, self._blocks = threading.RLock(), {}
             self._generation = _forks.generation
 
     def _begin(self) -> sqlite3.Connection:
@@ -407,10 +401,8 @@ class SQLiteBackend(ExchangeShortcuts):
 
     def close(self) -> None:
         """Give back unused enqueue slots, then close every connection this backend opened."""
-        if self._returner is not None:
-            self._returner.close()
-            self._returner = None
-        self._return_blocks()
+        RETURNER.forget(self)
+        self._return_all_blocks()
         with self._connections_lock:
             for conn in self._connections:
                 with contextlib.suppress(sqlite3.Error):
@@ -615,10 +607,7 @@ class SQLiteBackend(ExchangeShortcuts):
             raise full
         if size > 1:
             self._blocks[queue] = Block(bounds, claim_gen, size - 1)
-            if self._returner is None:
-                self._returner = BlockReturner(self._return_expired_blocks)
-                atexit.register(_return_at_exit, weakref.ref(self))
-            self._returner.claimed()
+            RETURNER.claimed(self)
         self._wake_generation = wake_generation
         if message.ready_at <= now:
             self._notifier.notify_generation(wake_generation)
@@ -641,7 +630,7 @@ class SQLiteBackend(ExchangeShortcuts):
         return int(length), claim_gen
 
     def _return_expired_blocks(self) -> tuple[bool, float | None]:
-        """Return the expired blocks if no enqueue runs; see :class:`BlockReturner`."""
+        """Give back the expired blocks if no enqueue runs; see ``sqlite_blocks.BlockHolder``."""
         # A look without the group commit: enqueues may change the blocks meanwhile,
         # which at worst delays a return to the next wake-up.
         expiries = [block.expires for block in list(self._blocks.values())]
@@ -653,6 +642,22 @@ class SQLiteBackend(ExchangeShortcuts):
             next_expiry[0] = self._return_blocks(expired_only=True)
 
         return self._commits.run_if_idle(give_back), next_expiry[0]
+
+    def _return_all_blocks(self) -> None:
+        """Give back every block, once the enqueues running now have finished (at most 5 s)."""
+        deadline = time.monotonic() + RETURN_WAIT_SECONDS
+
+        def give_back() -> None:
+            self._return_blocks()
+
+        while not self._commits.run_if_idle(give_back):
+            if time.monotonic() >= deadline:
+                logger.warning(
+                    "unused enqueue slots not returned: enqueues still running path=%s",
+                    self.path,
+                )
+                return
+            time.sleep(0.01)
 
     def _return_blocks(self, expired_only: bool = False) -> float | None:
         """Give back the unused slots of this process's blocks, and count the used ones.

@@ -8,18 +8,21 @@ message alone (see ``sqlite_schema`` for how the bound stays exact).
 A block is used for at most :data:`BLOCK_SECONDS`. Then its used slots are
 counted in the queue's enqueue rate and its unused ones go back to the queue.
 That happens when the next block is claimed, when the backend closes and at
-interpreter exit. For a producer that stopped enqueueing, a
+interpreter exit. For a producer that stopped enqueueing, the process's
 :class:`BlockReturner` thread does it once the block expires.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+import weakref
+from typing import Protocol
 
+from sluicegate import _forks
 from sluicegate.broker import QueueBounds
 
 logger = logging.getLogger(__name__)
@@ -65,61 +68,108 @@ class Block:
         self.expires = time.monotonic() + BLOCK_SECONDS
 
 
-class BlockReturner:
-    """A daemon thread that gives back the blocks a producer stopped using.
+class BlockHolder(Protocol):
+    """A backend that holds blocks, which :class:`BlockReturner` references weakly."""
 
-    ``return_expired()`` gives back the expired blocks if it can. It returns
-    whether it ran (False while enqueues hold the group commit) and the
-    monotonic time at which the next block expires, or None if none is left.
+    def _return_expired_blocks(self) -> tuple[bool, float | None]:
+        """Give back the expired blocks if no enqueue runs.
+
+        Returns whether it ran and the monotonic time at which the next block
+        expires, or None if none is left.
+        """
+
+    def _return_all_blocks(self) -> None:
+        """Give back every block, waiting a bounded time for running enqueues."""
+
+
+class BlockReturner:
+    """One daemon thread per process that gives back the blocks producers stopped using.
+
+    A backend registers with :meth:`claimed` when it claims a block. The
+    thread keeps only weak references, so a backend that is no longer used
+    drops out, and it sleeps until the next block expires, or with no block
+    left, until the next claim. At interpreter exit every registered backend
+    gives back all its blocks.
     """
 
-    def __init__(self, return_expired: Callable[[], tuple[bool, float | None]]) -> None:
-        self._return_expired = return_expired
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders: dict[int, weakref.ref[BlockHolder]] = {}
         self._wake = threading.Event()
-        self._closed = False
         self._waiting_for_claims = False  # True while no block is known to expire
-        self._thread = threading.Thread(
-            target=self._run, name="sluicegate-block-returner", daemon=True
-        )
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        self._generation = _forks.generation
+        atexit.register(self._return_all)
 
-    def claimed(self) -> None:
-        """Note that a block was claimed, so that the thread waits for its expiry.
+    def claimed(self, holder: BlockHolder) -> None:
+        """Note that ``holder`` claimed a block, so that the thread waits for its expiry.
 
         A thread already waiting for an earlier expiry is left alone: it finds
         the new block when it wakes.
         """
+        with self._lock:
+            if self._generation != _forks.generation:  # A forked child has no thread yet.
+                self._holders, self._thread = {}, None
+                self._generation = _forks.generation
+            known = self._holders.get(id(holder))
+            if known is None or known() is not holder:
+                self._holders[id(holder)] = weakref.ref(holder)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="sluicegate-block-returner", daemon=True
+                )
+                self._thread.start()
         if self._waiting_for_claims:
             self._wake.set()
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop the thread and wait up to ``timeout`` seconds for a return it has begun."""
-        self._closed = True
-        self._wake.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+    def forget(self, holder: BlockHolder) -> None:
+        """Stop looking after ``holder``, which gives back its blocks itself."""
+        with self._lock:
+            known = self._holders.get(id(holder))
+            if known is not None and known() is holder:
+                del self._holders[id(holder)]
+
+    def _live_holders(self) -> list[BlockHolder]:
+        with self._lock:
+            for key, ref in list(self._holders.items()):
+                if ref() is None:
+                    del self._holders[key]
+            return [holder for ref in self._holders.values() if (holder := ref()) is not None]
+
+    def _return_all(self) -> None:
+        if self._generation != _forks.generation:
+            return  # The holders belong to the parent process.
+        for holder in self._live_holders():
+            holder._return_all_blocks()
 
     def _run(self) -> None:
-        while not self._closed:
+        while True:
             # Set before looking, so that a block claimed during the look wakes the wait.
             self._waiting_for_claims = True
-            try:
-                ran, next_expiry = self._return_expired()
-            except Exception:
-                # The database is locked or closing. The slots stay counted until a
-                # later try, or until an enqueue near the bound recounts the queue.
-                logger.warning(
-                    "returning expired enqueue blocks failed, retrying in %.0f s",
-                    ERROR_RETRY_SECONDS,
-                    exc_info=True,
-                )
-                ran, next_expiry = True, time.monotonic() + ERROR_RETRY_SECONDS
-            timeout: float | None = None
-            if not ran:
-                timeout = RETRY_SECONDS
-            elif next_expiry is not None:
-                timeout = max(next_expiry - time.monotonic(), 0.0) + 0.01
+            next_wake: float | None = None
+            for holder in self._live_holders():
+                try:
+                    ran, next_expiry = holder._return_expired_blocks()
+                except Exception:
+                    # The database is locked or closing. The slots stay counted until a
+                    # later try, or until an enqueue near the bound recounts the queue.
+                    logger.warning(
+                        "returning expired enqueue blocks failed, retrying in %.0f s",
+                        ERROR_RETRY_SECONDS,
+                        exc_info=True,
+                    )
+                    ran, next_expiry = True, time.monotonic() + ERROR_RETRY_SECONDS
+                if not ran:
+                    next_expiry = time.monotonic() + RETRY_SECONDS
+                if next_expiry is not None:
+                    next_wake = next_expiry if next_wake is None else min(next_wake, next_expiry)
+                del holder  # Keep no strong reference while sleeping.
+            timeout = None if next_wake is None else max(next_wake - time.monotonic(), 0) + 0.01
             if timeout is not None:
                 self._waiting_for_claims = False
             self._wake.wait(timeout)
             self._wake.clear()
+
+
+#: The returner of this process.
+RETURNER = BlockReturner()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -257,3 +260,22 @@ for _ in range(5):
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
 
     assert queue_row(db)[0] == 5
+
+
+def test_one_returner_thread_for_many_backends(tmp_path: Path, clock: FakeClock) -> None:
+    backends = [SQLiteBackend(str(tmp_path / f"{i}.db"), clock=clock) for i in range(10)]
+    for opened in backends:
+        opened.enqueue_jobs([job(clock)], DEFAULT)
+    names = [thread.name for thread in threading.enumerate()]
+    held = weakref.ref(backends[0])
+
+    # Dropped without close(): the returner must not keep the backend alive, though
+    # its thread may hold it for the moment it looks at the blocks.
+    del backends, opened
+    deadline = time.monotonic() + 10.0
+    while held() is not None and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.05)
+
+    assert names.count("sluicegate-block-returner") == 1
+    assert held() is None
