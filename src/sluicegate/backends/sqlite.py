@@ -514,6 +514,11 @@ class SQLiteBackend(ExchangeShortcuts):
         conn = self._connection()
         row = _message_row(message, self.clock(), task)
         for _ in range(2):
+            # The slot counts as used before the insert: an interrupt (KeyboardInterrupt,
+            # a signal handler's exit) after its commit must not leave it free to give
+            # back. A slot wrongly kept only overcounts, which the bound allows.
+            block.left -= 1
+            block.used += 1
             with self._write_turn:
                 try:
                     cursor = conn.execute(
@@ -523,13 +528,15 @@ class SQLiteBackend(ExchangeShortcuts):
                 except sqlite3.OperationalError as exc:
                     if not _is_busy(exc):
                         raise
+                    block.left += 1  # Nothing was inserted.
+                    block.used -= 1
                     return False  # The slow path waits out the lock.
             if cursor.rowcount == 1:
-                block.left -= 1
-                block.used += 1
                 if row[2] == READY:
                     self._notifier.notify_generation(self._wake_generation)
                 return True
+            block.left += 1  # The guard stopped the insert.
+            block.used -= 1
             # The block is void, or a listener bound since this process last looked.
             current = self._read(_CLAIM_AND_WAKE_GENERATIONS, (message.queue,))
             if not current or current[0][0] != block.claim_gen:

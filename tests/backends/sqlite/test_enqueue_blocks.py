@@ -279,3 +279,35 @@ def test_one_returner_thread_for_many_backends(tmp_path: Path, clock: FakeClock)
 
     assert names.count("sluicegate-block-returner") == 1
     assert held() is None
+
+
+class InterruptedAfterInsert:
+    """A connection whose lone block inserts commit and then raise KeyboardInterrupt."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+    def execute(self, sql: str, *params: object) -> sqlite3.Cursor:
+        cursor = self.conn.execute(sql, *params)  # type: ignore[arg-type]
+        if "WHERE (SELECT claim_gen" in sql:
+            raise KeyboardInterrupt
+        return cursor
+
+
+def test_interrupted_slot_stays_counted(
+    backend: SQLiteBackend, clock: FakeClock, db_path: Path
+) -> None:
+    backend.enqueue_jobs([job(clock)], DEFAULT)  # Claims a block.
+    real = backend._connection()
+    backend._local.conn = InterruptedAfterInsert(real)
+
+    with pytest.raises(KeyboardInterrupt):
+        backend.enqueue_jobs([job(clock)], DEFAULT)
+
+    backend._local.conn = real
+    backend.close()
+    assert live_messages(db_path) == 2
+    assert queue_row(db_path)[0] >= 2
