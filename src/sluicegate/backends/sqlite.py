@@ -402,7 +402,7 @@ class SQLiteBackend(ExchangeShortcuts):
     def close(self) -> None:
         """Give back unused enqueue slots, then close every connection this backend opened."""
         RETURNER.forget(self)
-        self._return_all_blocks()
+        self._return_all_blocks(RETURN_WAIT_SECONDS)
         with self._connections_lock:
             for conn in self._connections:
                 with contextlib.suppress(sqlite3.Error):
@@ -650,9 +650,9 @@ class SQLiteBackend(ExchangeShortcuts):
 
         return self._commits.run_if_idle(give_back), next_expiry[0]
 
-    def _return_all_blocks(self) -> None:
-        """Give back every block, once the enqueues running now have finished (at most 5 s)."""
-        deadline = time.monotonic() + RETURN_WAIT_SECONDS
+    def _return_all_blocks(self, wait: float) -> None:
+        """Give back every block once the enqueues running now end, waiting up to ``wait`` s."""
+        deadline = time.monotonic() + wait
 
         def give_back() -> None:
             self._return_blocks()

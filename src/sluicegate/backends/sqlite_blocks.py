@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import random
 import threading
 import time
@@ -42,6 +43,9 @@ RETRY_SECONDS = 0.5
 
 #: Seconds the returner waits after it failed to write, e.g. while the database is locked.
 ERROR_RETRY_SECONDS = 5.0
+
+#: Seconds the exit of the interpreter waits for running enqueues before giving blocks back.
+EXIT_WAIT_SECONDS = 0.5
 
 
 def new_claim_gen() -> int:
@@ -78,8 +82,8 @@ class BlockHolder(Protocol):
         expires, or None if none is left.
         """
 
-    def _return_all_blocks(self) -> None:
-        """Give back every block, waiting a bounded time for running enqueues."""
+    def _return_all_blocks(self, wait: float) -> None:
+        """Give back every block, waiting up to ``wait`` seconds for running enqueues."""
 
 
 class BlockReturner:
@@ -94,6 +98,9 @@ class BlockReturner:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # Held while the thread gives blocks back, and taken by fork(): a child made
+        # while this thread held SQLite's write lock would find it held for good.
+        self._working = threading.Lock()
         self._holders: dict[int, weakref.ref[BlockHolder]] = {}
         self._wake = threading.Event()
         self._waiting_for_claims = False  # True while no block is known to expire
@@ -140,7 +147,7 @@ class BlockReturner:
         if self._generation != _forks.generation:
             return  # The holders belong to the parent process.
         for holder in self._live_holders():
-            holder._return_all_blocks()
+            holder._return_all_blocks(EXIT_WAIT_SECONDS)
 
     def _run(self) -> None:
         while True:
@@ -149,7 +156,8 @@ class BlockReturner:
             next_wake: float | None = None
             for holder in self._live_holders():
                 try:
-                    ran, next_expiry = holder._return_expired_blocks()
+                    with self._working:
+                        ran, next_expiry = holder._return_expired_blocks()
                 except Exception:
                     # The database is locked or closing. The slots stay counted until a
                     # later try, or until an enqueue near the bound recounts the queue.
@@ -173,3 +181,23 @@ class BlockReturner:
 
 #: The returner of this process.
 RETURNER = BlockReturner()
+
+
+def _before_fork() -> None:
+    RETURNER._working.acquire()
+    RETURNER._lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    RETURNER._lock.release()
+    RETURNER._working.release()
+
+
+def _after_fork_in_child() -> None:
+    # The thread does not exist here; claimed() starts a new one.
+    RETURNER._lock, RETURNER._working = threading.Lock(), threading.Lock()
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)
