@@ -26,7 +26,7 @@ def test_ids_grow_within_process() -> None:
 
 
 def test_forked_child_makes_other_ids() -> None:
-    new_id()  # The parent now holds unused random ends.
+    new_id()  # The parent now has unused random ends.
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # The child: send its ids, then leave without running atexit hooks.

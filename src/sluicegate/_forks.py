@@ -2,8 +2,8 @@
 
 Per-process state (connections, locks, blocks of enqueue slots) must not be
 used again in a child that ``fork()`` made. Comparing the generation an
-object was made in with :data:`generation` tells, where ``os.getpid()`` is a
-system call on every enqueue.
+object was made in with :data:`generation` detects a fork without a system
+call, where ``os.getpid()`` costs one on every enqueue.
 """
 
 from __future__ import annotations

@@ -60,9 +60,8 @@ def test_listener_wakes_on_enqueue(
 def test_late_listener_wakes_on_enqueue(
     backend: Backend, connect: Callable[[], Backend], clock: FakeClock
 ) -> None:
-    # The producer has enqueued while nobody listened, so it knows of no listener
-    # (the SQLite backend caches what it found); a listener bound later must still
-    # be woken by its next enqueue.
+    # The producer enqueued while no listener was bound, and the SQLite backend caches
+    # that it found none. A listener bound later must still be woken by the next enqueue.
     producer = connect()
     producer.enqueue_jobs([job(clock)], BOUNDS)
     producer.enqueue_jobs([job(clock)], BOUNDS)

@@ -79,7 +79,8 @@ class Notifier:
         """Wake every listener, knowing the listener generation read at the commit.
 
         The directory is read only if ``generation`` differs from the last
-        one seen, or :data:`RELIST_INTERVAL` has passed; never raises.
+        one seen, or :data:`RELIST_INTERVAL` has passed. Failed sends and
+        directory reads are caught, as in :meth:`notify`.
         """
         with self._lock:
             now = time.monotonic()

@@ -306,6 +306,18 @@ class SQLiteBackend(ExchangeShortcuts):
             self._write_turn, self._blocks = threading.RLock(), {}
             self._generation = _forks.generation
 
+    def _execute_waiting(self, conn: sqlite3.Connection, sql: str) -> None:
+        """Execute ``sql``, waiting out a busy database as :meth:`_retry_busy` does.
+
+        The first try runs without the retry loop's closure and clock reads.
+        """
+        try:
+            conn.execute(sql)
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            self._retry_busy(lambda: conn.execute(sql))
+
     def _begin(self) -> sqlite3.Connection:
         """Take this process's write turn, then open a ``BEGIN IMMEDIATE`` transaction.
 
@@ -315,12 +327,7 @@ class SQLiteBackend(ExchangeShortcuts):
         self._check_fork()
         self._write_turn.acquire()
         try:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise
-                self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+            self._execute_waiting(conn, "BEGIN IMMEDIATE")
         except BaseException:
             self._write_turn.release()
             raise
@@ -332,12 +339,7 @@ class SQLiteBackend(ExchangeShortcuts):
             if not commit:
                 conn.execute("ROLLBACK")
                 return
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise
-                self._retry_busy(lambda: conn.execute("COMMIT"))
+            self._execute_waiting(conn, "COMMIT")
         except BaseException:
             # A commit that failed for good leaves nothing half done for the next
             # transaction on this connection.
@@ -575,13 +577,15 @@ class SQLiteBackend(ExchangeShortcuts):
                     claim_gen,
                     claims,
                 )
-                (length, claim_gen), claims = self._recount(conn, queue), 0
+                length, claim_gen = self._recount(conn, queue)
+                claims = 0
             returned = 0
             if previous is not None and previous.claim_gen == claim_gen:
                 returned = previous.left
             length -= returned
             if length + 1 > bounds.max_length and claims:
-                (length, claim_gen), returned = self._recount(conn, queue), 0
+                length, claim_gen = self._recount(conn, queue)
+                returned = 0
             if length + 1 > bounds.max_length:
                 excess = length + 1 - bounds.max_length
                 retry_after = self._retry_after(conn, queue, excess, now)

@@ -19,7 +19,7 @@ A producer that enqueues one job at a time claims a block of slots instead:
 one transaction adds the whole block to the length, and the next enqueues
 insert their message alone, as long as the queue's ``claim_gen`` is still the
 one the block was claimed under. The length may then exceed the messages by
-the slots not used yet, which only makes the bound stricter; ``claims``
+the slots not used yet, which only makes the bound stricter. ``claims``
 counts the blocks claimed since the length was last exact. Before an enqueue
 is rejected for the bound while ``claims`` is not 0, the length is recounted
 from the messages and ``claim_gen`` grows, which voids every block.

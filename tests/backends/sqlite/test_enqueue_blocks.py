@@ -80,7 +80,7 @@ def test_unused_slots_never_reject(
     first_length, first_claim_gen, _ = queue_row(db_path)
     assert first_length == 64
 
-    # 61 messages: the slots the first backend holds must not make this one fail.
+    # 61 messages: the unused slots of the first backend must not make this one fail.
     other.enqueue_jobs([job(clock)], bounds)
 
     length, claim_gen, claims = queue_row(db_path)
@@ -267,18 +267,18 @@ def test_one_returner_thread_for_many_backends(tmp_path: Path, clock: FakeClock)
     for opened in backends:
         opened.enqueue_jobs([job(clock)], DEFAULT)
     names = [thread.name for thread in threading.enumerate()]
-    held = weakref.ref(backends[0])
+    first = weakref.ref(backends[0])
 
     # Dropped without close(): the returner must not keep the backend alive, though
     # its thread may hold it for the moment it looks at the blocks.
     del backends, opened
     deadline = time.monotonic() + 10.0
-    while held() is not None and time.monotonic() < deadline:
+    while first() is not None and time.monotonic() < deadline:
         gc.collect()
         time.sleep(0.05)
 
     assert names.count("sluicegate-block-returner") == 1
-    assert held() is None
+    assert first() is None
 
 
 class InterruptedAfterInsert:

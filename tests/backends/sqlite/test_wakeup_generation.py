@@ -74,19 +74,19 @@ def test_new_listener_triggers_directory_read(
 def test_listener_gone_is_dropped_from_targets(
     backend: SQLiteBackend, producer: SQLiteBackend, clock: FakeClock
 ) -> None:
-    gone = backend.listener()
+    dead = backend.listener()
     staying = backend.listener()
     try:
         producer.enqueue_jobs([job(clock)], BOUNDS)
         assert staying.wait(WAKE_TIMEOUT) is True
         # A socket closed without removing its file, as by a killed worker.
-        gone._socket.close()
+        dead._socket.close()
 
         producer.enqueue_jobs([job(clock)], BOUNDS)
 
         assert staying.wait(WAKE_TIMEOUT) is True
-        assert not os.path.exists(gone.path)
-        assert gone.path not in producer._notifier._targets
+        assert not os.path.exists(dead.path)
+        assert dead.path not in producer._notifier._targets
     finally:
         staying.close()
-        gone.close()
+        dead.close()
